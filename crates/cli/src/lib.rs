@@ -1,0 +1,3 @@
+//! The `shadownet` command line, as a library so integration tests can drive it.
+pub mod npy;
+pub mod plain;
