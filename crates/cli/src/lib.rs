@@ -1,3 +1,5 @@
 //! The `shadownet` command line, as a library so integration tests can drive it.
+pub mod keys;
 pub mod npy;
 pub mod plain;
+pub mod secure;

@@ -143,7 +143,7 @@ pub fn inspect(m: &Model) -> String {
     let linear: u64 = g
         .nodes
         .iter()
-        .filter(|n| is_outsourced(g, n))
+        .filter(|n| shadownet_protect::outsourced_kind(g, n).is_some())
         .map(|n| g.macs(n))
         .sum();
     let _ = writeln!(
@@ -166,7 +166,11 @@ pub fn inspect(m: &Model) -> String {
         let _ = writeln!(
             s,
             "  {} {:<22} {:<40} {:>14} FLOPs  -> {:?}",
-            if is_outsourced(g, n) { "L" } else { " " },
+            if shadownet_protect::outsourced_kind(g, n).is_some() {
+                "L"
+            } else {
+                " "
+            },
             n.op.name(),
             n.name,
             2 * g.macs(n),
@@ -174,10 +178,4 @@ pub fn inspect(m: &Model) -> String {
         );
     }
     s
-}
-
-/// A linear op counts as outsourced only when its weights are constants; a MatMul of two
-/// activations stays in the trusted core.
-pub fn is_outsourced(g: &shadownet_ir::Graph, n: &shadownet_ir::Node) -> bool {
-    n.op.is_linear() && n.inputs.get(1).is_some_and(|&w| g.constant(w).is_some())
 }

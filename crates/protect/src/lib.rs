@@ -1,0 +1,372 @@
+//! Vendor side: turns a plain model into a protected package.
+//!
+//! Every linear layer with constant weights is outsourced: its public weights are
+//! transformed so that they reveal neither the real filters nor the bias, and the secret
+//! needed to undo the transform goes into a [`SecretModel`] sealed to one device.
+mod rng;
+
+use std::path::Path;
+
+use rand_core::{OsRng, RngCore, SeedableRng};
+use shadownet_ir::{Graph, Node, Op, Tensor};
+use shadownet_trusted::format::{PUBLIC_FILE, PUBLIC_MAGIC, SECRET_FILE};
+use shadownet_trusted::restore;
+use shadownet_trusted::{
+    LinearKind, PublicLayer, PublicPackage, Restore, Scheme, SecretLayer, SecretModel,
+};
+
+use crate::rng::Rng;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("--ratio must be greater than 1 (each real filter needs a fake partner), got {0}")]
+    Ratio(f32),
+    #[error("the model has no linear layer with constant weights: nothing to outsource")]
+    NothingToOutsource,
+    #[error("calibration run failed: {0}")]
+    Kernel(#[from] shadownet_kernels::Error),
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub scheme: Scheme,
+    /// Public output channels per real one (the paper's r).
+    pub ratio: f32,
+    /// Reproducible conversions for tests; `None` draws from the OS.
+    pub seed: Option<u64>,
+    /// Mask standard deviation relative to the activation it hides.
+    pub mask_scale: f32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            scheme: Scheme::ShadowNet,
+            ratio: 1.2,
+            seed: None,
+            mask_scale: 4.0,
+        }
+    }
+}
+
+/// Smallest scale drawn for a filter: tiny scales would blow up the transformed weights
+/// and with them the float error of restoration.
+const MIN_SCALE: f32 = 0.1;
+
+/// The outsourced form of a node, if it is a linear op with constant weights.
+pub fn outsourced_kind(g: &Graph, n: &Node) -> Option<LinearKind> {
+    let weight_const = n.inputs.get(1).is_some_and(|&w| g.constant(w).is_some());
+    let input_varies = n.inputs.first().is_some_and(|&x| g.constant(x).is_none());
+    let bias_ok = n.inputs.get(2).is_none_or(|&b| g.constant(b).is_some());
+    if !(weight_const && input_varies && bias_ok) {
+        return None;
+    }
+    match &n.op {
+        Op::Conv(c) => Some(LinearKind::Conv(c.clone())),
+        // Grouped transposed convs have no fake-filter form here; they stay trusted.
+        Op::ConvTranspose(c) if c.groups == 1 => Some(LinearKind::ConvTranspose(c.clone())),
+        Op::MatMul if g.shape(n.inputs[1]).len() == 2 && !g.shape(n.inputs[0]).is_empty() => {
+            Some(LinearKind::MatMul)
+        }
+        _ => None,
+    }
+}
+
+pub struct Converted {
+    pub public: PublicPackage,
+    pub secret: SecretModel,
+}
+
+/// Converts `g`, calling `progress(done, total)` after each outsourced layer.
+pub fn convert(
+    g: &Graph,
+    opts: &Options,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Converted> {
+    if opts.ratio <= 1.0 || !opts.ratio.is_finite() {
+        return Err(Error::Ratio(opts.ratio));
+    }
+    let mut rng = match opts.seed {
+        Some(s) => Rng::new(rand_chacha::ChaCha20Rng::seed_from_u64(s)),
+        None => Rng::new(
+            rand_chacha::ChaCha20Rng::from_rng(OsRng)
+                .unwrap_or_else(|_| rand_chacha::ChaCha20Rng::seed_from_u64(OsRng.next_u64())),
+        ),
+    };
+    let linear: Vec<(usize, LinearKind)> = g
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(k, n)| outsourced_kind(g, n).map(|kind| (k, kind)))
+        .collect();
+    if linear.is_empty() {
+        return Err(Error::NothingToOutsource);
+    }
+    let stds = activation_stds(g, &mut rng)?;
+    let mut conversion_id = [0u8; 16];
+    rng.fill(&mut conversion_id);
+    let mut public_layers = Vec::with_capacity(linear.len());
+    let mut secret_layers = Vec::with_capacity(linear.len());
+    for (done, (k, kind)) in linear.iter().enumerate() {
+        let node = &g.nodes[*k];
+        let (pl, sl) = protect_layer(g, *k, node, kind, opts, &stds, &mut rng)?;
+        public_layers.push(pl);
+        secret_layers.push(sl);
+        progress(done + 1, linear.len());
+    }
+    let secret_graph = strip_outsourced_weights(g, linear.iter().map(|(k, _)| *k));
+    let io = |ids: &[usize]| {
+        ids.iter()
+            .map(|&i| (g.values[i].name.clone(), g.values[i].shape.clone()))
+            .collect()
+    };
+    Ok(Converted {
+        public: PublicPackage {
+            scheme: opts.scheme,
+            conversion_id,
+            inputs: io(&g.inputs),
+            outputs: io(&g.outputs),
+            layers: public_layers,
+        },
+        secret: SecretModel {
+            scheme: opts.scheme,
+            conversion_id,
+            graph: secret_graph,
+            layers: secret_layers,
+        },
+    })
+}
+
+/// Standard deviation of every value on one random N(0,1) input, to size the masks.
+fn activation_stds(g: &Graph, rng: &mut Rng) -> Result<Vec<f32>> {
+    let inputs: Vec<Tensor> = g
+        .inputs
+        .iter()
+        .map(|&i| {
+            let shape = g.shape(i).to_vec();
+            let n = shape.iter().product();
+            Tensor {
+                shape,
+                data: rng.normals(n, 1.0),
+            }
+        })
+        .collect();
+    let mut stds = vec![1.0f32; g.values.len()];
+    for (&i, t) in g.inputs.iter().zip(&inputs) {
+        stds[i] = std_of(&t.data);
+    }
+    shadownet_kernels::run_graph_observed(g, &inputs, |k, outs| {
+        for (&o, t) in g.nodes[k].outputs.iter().zip(outs) {
+            stds[o] = std_of(&t.data);
+        }
+    })?;
+    Ok(stds)
+}
+
+fn std_of(v: &[f32]) -> f32 {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+    // Means count too: a mask must hide a constant offset as well as the spread.
+    ((var + mean * mean).sqrt() as f32).max(1e-3)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn protect_layer(
+    g: &Graph,
+    k: usize,
+    node: &Node,
+    kind: &LinearKind,
+    opts: &Options,
+    stds: &[f32],
+    rng: &mut Rng,
+) -> Result<(PublicLayer, SecretLayer)> {
+    let x = node.inputs[0];
+    let w = g
+        .constant(node.inputs[1])
+        .cloned()
+        .unwrap_or_else(|| Tensor::zeros(&[0]));
+    let bias = node
+        .inputs
+        .get(2)
+        .and_then(|&b| g.constant(b))
+        .map(|t| t.data.clone());
+    let out_shape = g.shape(node.outputs[0]).to_vec();
+    let axis = kind.channel_axis(out_shape.len());
+    // Filters run along axis 0 of a conv weight [O, C/g, kh, kw], axis 1 of a transposed
+    // conv's [C, O, kh, kw] and of a dense weight [K, N].
+    let filter_axis = if matches!(kind, LinearKind::Conv(_)) {
+        0
+    } else {
+        1
+    };
+    let (weight, restore) = match kind {
+        LinearKind::Conv(c) if c.groups > 1 => group_shuffle(&w, c.groups, rng),
+        _ => fake_pairs(&w, filter_axis, opts.ratio, rng),
+    };
+    let mut public_output = out_shape.clone();
+    public_output[axis] = weight.shape[filter_axis];
+    let mut layer = SecretLayer {
+        node: k as u32,
+        public_output: public_output.clone(),
+        restore,
+        bias: None,
+        mask: None,
+        mask_correction: None,
+    };
+    // Layers fed straight by a model input see it in the clear (the user's input is
+    // not the vendor's secret); every other layer's input is masked.
+    if !g.inputs.contains(&x) {
+        let in_shape = g.shape(x).to_vec();
+        let n: usize = in_shape.iter().product();
+        let mask = Tensor {
+            shape: in_shape,
+            data: rng.normals(n, opts.mask_scale * stds[x]),
+        };
+        let through = shadownet_kernels::eval("mask", &kind.op(), &[&mask, &weight])?;
+        layer.mask_correction = Some(restore::restore_output(
+            &layer,
+            &through[0],
+            &out_shape,
+            axis,
+        ));
+        layer.mask = Some(mask);
+    }
+    layer.bias = bias;
+    let public = PublicLayer {
+        kind: kind.clone(),
+        weight,
+        input_shape: g.shape(x).to_vec(),
+        output_shape: public_output,
+    };
+    Ok((public, layer))
+}
+
+/// The paper's fake-filter transform along `axis` of `w`: returns the public bank and
+/// how to restore. Filter i of the bank is (W_i − R_j(i)) / s_i, followed by the fakes R.
+fn fake_pairs(w: &Tensor, axis: usize, ratio: f32, rng: &mut Rng) -> (Tensor, Restore) {
+    let outer: usize = w.shape[..axis].iter().product();
+    let n = w.shape[axis];
+    let inner: usize = w.shape[axis + 1..].iter().product();
+    let m = ((ratio * n as f32).ceil() as usize).max(n + 1);
+    let f = m - n;
+    let fakes: Vec<Vec<f32>> = (0..f).map(|_| rng.normals(outer * inner, 1.0)).collect();
+    let partner: Vec<usize> = (0..n).map(|_| rng.below(f)).collect();
+    let scale: Vec<f32> = (0..n).map(|_| rng.uniform(MIN_SCALE, 1.0)).collect();
+    let perm = rng.permutation(m);
+    let mut data = vec![0f32; outer * m * inner];
+    for o in 0..outer {
+        for t in 0..m {
+            let dst = &mut data[(o * m + perm[t]) * inner..][..inner];
+            if t < n {
+                let src = &w.data[(o * n + t) * inner..][..inner];
+                let r = &fakes[partner[t]][o * inner..][..inner];
+                for ((d, &s), &r) in dst.iter_mut().zip(src).zip(r) {
+                    *d = (s - r) / scale[t];
+                }
+            } else {
+                dst.copy_from_slice(&fakes[t - n][o * inner..][..inner]);
+            }
+        }
+    }
+    let mut shape = w.shape.clone();
+    shape[axis] = m;
+    let restore = Restore::FakePairs {
+        real_pos: (0..n).map(|i| perm[i] as u32).collect(),
+        fake_pos: (0..n).map(|i| perm[n + partner[i]] as u32).collect(),
+        scale,
+    };
+    (Tensor { shape, data }, restore)
+}
+
+/// ShuffleChannel for grouped and depthwise convs: groups are permuted and every output
+/// channel's filter is divided by a secret scale.
+fn group_shuffle(w: &Tensor, groups: usize, rng: &mut Rng) -> (Tensor, Restore) {
+    let o = w.shape[0];
+    let per: usize = w.shape[1..].iter().product();
+    let og = o / groups;
+    let perm = rng.permutation(groups);
+    let scale: Vec<f32> = (0..o).map(|_| rng.uniform(MIN_SCALE, 1.0)).collect();
+    let mut data = vec![0f32; w.len()];
+    for (q, &p) in perm.iter().enumerate() {
+        for r in 0..og {
+            let real = p * og + r;
+            let src = &w.data[real * per..(real + 1) * per];
+            for (d, &s) in data[(q * og + r) * per..][..per].iter_mut().zip(src) {
+                *d = s / scale[real];
+            }
+        }
+    }
+    (
+        Tensor {
+            shape: w.shape.clone(),
+            data,
+        },
+        Restore::GroupShuffle {
+            groups,
+            perm: perm.iter().map(|&p| p as u32).collect(),
+            scale,
+        },
+    )
+}
+
+/// The secret graph keeps every node but drops the outsourced layers' weights and
+/// biases (the trusted core never needs them) and constants nothing reads.
+fn strip_outsourced_weights(g: &Graph, outsourced: impl Iterator<Item = usize>) -> Graph {
+    let mut s = g.clone();
+    let mut used = vec![false; g.values.len()];
+    let outsourced: Vec<usize> = outsourced.collect();
+    for (k, n) in g.nodes.iter().enumerate() {
+        let skip_params = outsourced.contains(&k);
+        for (j, &i) in n.inputs.iter().enumerate() {
+            if !(skip_params && j > 0) {
+                used[i] = true;
+            }
+        }
+    }
+    for (v, u) in s.values.iter_mut().zip(used) {
+        if !u {
+            v.data = None;
+        }
+    }
+    s
+}
+
+/// `public.bin`: magic, then the postcard-encoded public package.
+pub fn encode_public(p: &PublicPackage) -> Vec<u8> {
+    let mut out = PUBLIC_MAGIC.to_vec();
+    // Serialising plain structs into a Vec cannot fail.
+    out.extend(postcard::to_allocvec(p).unwrap_or_default());
+    out
+}
+
+/// Seals the secret to the device public key, bound to the encoded public part.
+pub fn seal_secret(secret: &SecretModel, device_pub: &[u8; 32], public_bytes: &[u8]) -> Vec<u8> {
+    let plain = postcard::to_allocvec(secret).unwrap_or_default();
+    let hash = shadownet_trusted::seal::sha256(public_bytes);
+    shadownet_trusted::seal::seal(&mut OsRng, device_pub, &secret.conversion_id, &hash, &plain)
+}
+
+/// Writes a package directory (created if needed). Files are written under temporary
+/// names and renamed, so an interrupted write never leaves a mixed package.
+pub fn write_package(dir: &Path, public_bytes: &[u8], sealed: &[u8]) -> Result<()> {
+    let io = |p: &Path, e: std::io::Error| Error::Io {
+        path: p.display().to_string(),
+        source: e,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    for (name, bytes) in [(PUBLIC_FILE, public_bytes), (SECRET_FILE, sealed)] {
+        let tmp = dir.join(format!(".{name}.partial"));
+        std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
+        let dst = dir.join(name);
+        std::fs::rename(&tmp, &dst).map_err(|e| io(&dst, e))?;
+    }
+    Ok(())
+}

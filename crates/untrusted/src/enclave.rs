@@ -1,0 +1,140 @@
+//! Where the trusted core lives: in this process behind its message API, or in a child
+//! process reached only through a length-prefixed binary protocol on its stdin/stdout.
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use shadownet_trusted::{HostToTee, TeeToHost, TrustedCore};
+
+use crate::{Error, Result};
+
+pub trait Enclave: Send {
+    fn call(&mut self, msg: HostToTee) -> Result<TeeToHost>;
+}
+
+/// The trusted core in this process, run on a pool of one thread: a TEE gets one core.
+pub struct InProcEnclave {
+    core: TrustedCore,
+    pool: rayon::ThreadPool,
+}
+
+impl InProcEnclave {
+    pub fn new(device_key: [u8; 32]) -> Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .map_err(|e| Error::Enclave(format!("cannot start the trusted thread: {e}")))?;
+        Ok(InProcEnclave {
+            core: TrustedCore::new(device_key),
+            pool,
+        })
+    }
+}
+
+impl Enclave for InProcEnclave {
+    fn call(&mut self, msg: HostToTee) -> Result<TeeToHost> {
+        let core = &mut self.core;
+        Ok(self.pool.install(|| core.handle(msg)))
+    }
+}
+
+/// Frames are capped so a corrupt length cannot make either side allocate wildly.
+pub const MAX_FRAME: usize = 1 << 31;
+
+pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> std::io::Result<()> {
+    if payload.len() > MAX_FRAME {
+        return Err(std::io::Error::other("frame too large"));
+    }
+    w.write_all(&(payload.len() as u32).to_le_bytes())?;
+    w.write_all(payload)?;
+    w.flush()
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream.
+pub fn read_frame(r: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let n = u32::from_le_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return Err(std::io::Error::other("frame too large"));
+    }
+    let mut buf = vec![0u8; n];
+    r.read_exact(&mut buf)?;
+    Ok(Some(buf))
+}
+
+/// The trusted core in a child process (`shadownet enclave --key FILE`). The child reads
+/// the device key itself; this process never holds it.
+pub struct ProcessEnclave {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+}
+
+impl ProcessEnclave {
+    pub fn spawn(exe: &Path, key_file: &Path) -> Result<Self> {
+        let mut child = Command::new(exe)
+            .arg("enclave")
+            .arg("--key")
+            .arg(key_file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| Error::Enclave(format!("cannot start {}: {e}", exe.display())))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(Error::Enclave("no pipes to the child".into()));
+        };
+        Ok(ProcessEnclave {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+}
+
+impl Enclave for ProcessEnclave {
+    fn call(&mut self, msg: HostToTee) -> Result<TeeToHost> {
+        let bytes = postcard::to_allocvec(&msg).map_err(|e| Error::Enclave(e.to_string()))?;
+        let gone = |e: std::io::Error| {
+            Error::Enclave(format!("the enclave process stopped answering: {e}"))
+        };
+        write_frame(&mut self.stdin, &bytes).map_err(gone)?;
+        let reply = read_frame(&mut self.stdout).map_err(gone)?.ok_or_else(|| {
+            Error::Enclave("the enclave process exited (see its message above)".into())
+        })?;
+        postcard::from_bytes(&reply).map_err(|e| Error::Enclave(format!("undecodable reply: {e}")))
+    }
+}
+
+impl Drop for ProcessEnclave {
+    fn drop(&mut self) {
+        // Closing stdin ends the child's loop; reap it so no zombie is left.
+        let _ = self.stdin.flush();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The child's side: serve messages on stdin/stdout until the host closes the pipe.
+pub fn serve(
+    core: &mut TrustedCore,
+    input: &mut impl Read,
+    output: &mut impl Write,
+) -> std::io::Result<()> {
+    while let Some(frame) = read_frame(input)? {
+        let reply = match postcard::from_bytes::<HostToTee>(&frame) {
+            Ok(msg) => core.handle(msg),
+            Err(e) => TeeToHost::Failed {
+                error: shadownet_trusted::TeeError::Protocol(format!("undecodable message: {e}")),
+            },
+        };
+        let bytes = postcard::to_allocvec(&reply).map_err(std::io::Error::other)?;
+        write_frame(output, &bytes)?;
+    }
+    Ok(())
+}
