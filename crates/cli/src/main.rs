@@ -91,6 +91,11 @@ enum Cmd {
     /// Classify the orientation of two bundled real text-line crops with the bundled
     /// PP-OCR direction classifier.
     Demo,
+    /// Time plain vs secure inference (and optionally ONNX Runtime / LiteRT) on one model.
+    Bench(shadownet::bench::BenchArgs),
+    /// Run the published attacks (fake-partner, mask-reuse) against a package and score
+    /// them against the original model.
+    Attack(shadownet::attack::AttackArgs),
     /// Serve the trusted core on stdin/stdout (started by `run --enclave process`).
     #[command(hide = true)]
     Enclave {
@@ -195,6 +200,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Demo => cmd_demo(),
+        Cmd::Attack(a) => shadownet::attack::cmd(&a),
+        Cmd::Bench(args) => shadownet::bench::run(&args),
         Cmd::Enclave { key } => {
             let k = keys::read_secret_key(&key)?;
             let mut core = shadownet_trusted::TrustedCore::new(k);

@@ -46,6 +46,15 @@ pub fn convert_to_dir(
     Ok(c.public.layers.len())
 }
 
+/// The binary that serves `shadownet enclave`: this one, unless SHADOWNET_ENCLAVE_BIN
+/// names another (tests run from a test binary, not from `shadownet`).
+fn enclave_exe() -> Result<std::path::PathBuf> {
+    match std::env::var_os("SHADOWNET_ENCLAVE_BIN") {
+        Some(p) => Ok(p.into()),
+        None => std::env::current_exe().context("cannot locate the shadownet binary"),
+    }
+}
+
 /// Opens a package with the trusted core where `mode` says and `accel` as the accelerator.
 pub fn open(
     pkg: &Path,
@@ -60,8 +69,7 @@ pub fn open(
             if !key_file.is_file() {
                 anyhow::bail!("cannot read device secret key {}", key_file.display());
             }
-            let exe = std::env::current_exe().context("cannot locate the shadownet binary")?;
-            Box::new(ProcessEnclave::spawn(&exe, key_file)?)
+            Box::new(ProcessEnclave::spawn(&enclave_exe()?, key_file)?)
         }
     };
     SecureModel::open(pkg, enclave, accel)

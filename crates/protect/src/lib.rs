@@ -51,10 +51,15 @@ impl Default for Options {
             scheme: Scheme::ShadowNet,
             ratio: 1.2,
             seed: None,
-            mask_scale: 4.0,
+            // Masks as large as the activations they hide: larger ones hide better but
+            // cost precision in proportion (see docs/schemes.md).
+            mask_scale: 1.0,
         }
     }
 }
+
+/// RMS of the fake filters relative to the (rescaled) real ones; see `fake_pairs`.
+const FAKE_TO_REAL: f32 = 4.0;
 
 /// Smallest scale drawn for a filter: tiny scales would blow up the transformed weights
 /// and with them the float error of restoration.
@@ -144,8 +149,10 @@ pub fn convert(
     })
 }
 
-/// Standard deviation of every value on one random N(0,1) input, to size the masks.
-fn activation_stds(g: &Graph, rng: &mut Rng) -> Result<Vec<f32>> {
+/// Per-channel RMS of every value on one random N(0,1) input, to size the masks: channel
+/// axis 1 for images, the last axis otherwise. A per-tensor scale would drown quiet
+/// channels in noise far larger than they are, costing precision for nothing.
+fn activation_stds(g: &Graph, rng: &mut Rng) -> Result<Vec<Vec<f32>>> {
     let inputs: Vec<Tensor> = g
         .inputs
         .iter()
@@ -158,24 +165,60 @@ fn activation_stds(g: &Graph, rng: &mut Rng) -> Result<Vec<f32>> {
             }
         })
         .collect();
-    let mut stds = vec![1.0f32; g.values.len()];
+    let mut stds = vec![Vec::new(); g.values.len()];
     for (&i, t) in g.inputs.iter().zip(&inputs) {
-        stds[i] = std_of(&t.data);
+        stds[i] = channel_rms(t);
     }
     shadownet_kernels::run_graph_observed(g, &inputs, |k, outs| {
         for (&o, t) in g.nodes[k].outputs.iter().zip(outs) {
-            stds[o] = std_of(&t.data);
+            stds[o] = channel_rms(t);
         }
     })?;
     Ok(stds)
 }
 
-fn std_of(v: &[f32]) -> f32 {
-    let n = v.len().max(1) as f64;
-    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
-    // Means count too: a mask must hide a constant offset as well as the spread.
-    ((var + mean * mean).sqrt() as f32).max(1e-3)
+fn mask_axis(shape: &[usize]) -> usize {
+    if shape.len() == 4 {
+        1
+    } else {
+        shape.len().saturating_sub(1)
+    }
+}
+
+fn channel_rms(t: &Tensor) -> Vec<f32> {
+    if t.shape.is_empty() {
+        return vec![t.data.first().map_or(1.0, |v| v.abs().max(1e-3))];
+    }
+    let axis = mask_axis(&t.shape);
+    let c = t.shape[axis].max(1);
+    let inner: usize = t.shape[axis + 1..].iter().product();
+    let mut acc = vec![0f64; c];
+    for (i, v) in t.data.iter().enumerate() {
+        acc[(i / inner.max(1)) % c] += (*v as f64).powi(2);
+    }
+    let per = (t.len() / c).max(1) as f64;
+    // Means count too (RMS, not std): a mask must hide a constant offset as well.
+    acc.iter()
+        .map(|a| ((a / per).sqrt() as f32).max(1e-3))
+        .collect()
+}
+
+/// A mask for an input of `shape` whose channels have RMS `rms`.
+fn draw_mask(shape: &[usize], rms: &[f32], scale: f32, rng: &mut Rng) -> Tensor {
+    let n: usize = shape.iter().product();
+    let axis = mask_axis(shape);
+    let c = shape.get(axis).copied().unwrap_or(1).max(1);
+    let inner: usize = shape
+        .get(axis + 1..)
+        .map_or(1, |s| s.iter().product::<usize>().max(1));
+    let mut data = rng.normals(n, 1.0);
+    for (i, v) in data.iter_mut().enumerate() {
+        *v *= scale * rms.get((i / inner) % c).copied().unwrap_or(1.0);
+    }
+    Tensor {
+        shape: shape.to_vec(),
+        data,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -185,7 +228,7 @@ fn protect_layer(
     node: &Node,
     kind: &LinearKind,
     opts: &Options,
-    stds: &[f32],
+    stds: &[Vec<f32>],
     rng: &mut Rng,
 ) -> Result<(PublicLayer, SecretLayer)> {
     let x = node.inputs[0];
@@ -224,12 +267,7 @@ fn protect_layer(
     // Layers fed straight by a model input see it in the clear (the user's input is
     // not the vendor's secret); every other layer's input is masked.
     if !g.inputs.contains(&x) {
-        let in_shape = g.shape(x).to_vec();
-        let n: usize = in_shape.iter().product();
-        let mask = Tensor {
-            shape: in_shape,
-            data: rng.normals(n, opts.mask_scale * stds[x]),
-        };
+        let mask = draw_mask(g.shape(x), &stds[x], opts.mask_scale, rng);
         let through = shadownet_kernels::eval("mask", &kind.op(), &[&mask, &weight])?;
         layer.mask_correction = Some(restore::restore_output(
             &layer,
@@ -250,11 +288,34 @@ fn protect_layer(
 }
 
 /// The paper's fake-filter transform along `axis` of `w`: returns the public bank and
-/// how to restore. Filter i of the bank is (W_i − R_j(i)) / s_i, followed by the fakes R.
+/// how to restore. Filter i of the bank is (W_i/α − R_j(i)) / s_i, followed by the fakes R.
+///
+/// α_i rescales filter i so its RMS is `1/FAKE_TO_REAL` of the fakes' N(0, 1). The paper
+/// draws R from N(0, 1) whatever the weights' scale; for He-scaled layers (RMS ~0.03), or
+/// for the near-zero filters BN folding leaves in real models, the accelerator's f32 sums
+/// then carry noise tens of times the signal, which after restoration costs well over
+/// 1e-4 relative error across a deep model. Fakes a few times larger than the real
+/// filters still bury them (cosine ~1/FAKE_TO_REAL) and restoration stays within float
+/// noise. Each α_i is secret and folds into the secret scale s_i, so this is the paper's
+/// scheme on a rescaled layer, with its weakness (and its attack) unchanged.
 fn fake_pairs(w: &Tensor, axis: usize, ratio: f32, rng: &mut Rng) -> (Tensor, Restore) {
     let outer: usize = w.shape[..axis].iter().product();
     let n = w.shape[axis];
     let inner: usize = w.shape[axis + 1..].iter().product();
+    let alpha: Vec<f32> = (0..n)
+        .map(|i| {
+            let sq: f64 = (0..outer)
+                .flat_map(|o| &w.data[(o * n + i) * inner..][..inner])
+                .map(|&v| v as f64 * v as f64)
+                .sum();
+            let rms = (sq / (outer * inner).max(1) as f64).sqrt() as f32;
+            if rms.is_normal() {
+                rms * FAKE_TO_REAL
+            } else {
+                1.0
+            }
+        })
+        .collect();
     let m = ((ratio * n as f32).ceil() as usize).max(n + 1);
     let f = m - n;
     let fakes: Vec<Vec<f32>> = (0..f).map(|_| rng.normals(outer * inner, 1.0)).collect();
@@ -269,7 +330,7 @@ fn fake_pairs(w: &Tensor, axis: usize, ratio: f32, rng: &mut Rng) -> (Tensor, Re
                 let src = &w.data[(o * n + t) * inner..][..inner];
                 let r = &fakes[partner[t]][o * inner..][..inner];
                 for ((d, &s), &r) in dst.iter_mut().zip(src).zip(r) {
-                    *d = (s - r) / scale[t];
+                    *d = (s / alpha[t] - r) / scale[t];
                 }
             } else {
                 dst.copy_from_slice(&fakes[t - n][o * inner..][..inner]);
@@ -281,7 +342,8 @@ fn fake_pairs(w: &Tensor, axis: usize, ratio: f32, rng: &mut Rng) -> (Tensor, Re
     let restore = Restore::FakePairs {
         real_pos: (0..n).map(|i| perm[i] as u32).collect(),
         fake_pos: (0..n).map(|i| perm[n + partner[i]] as u32).collect(),
-        scale,
+        scale: scale.iter().zip(&alpha).map(|(s, a)| s * a).collect(),
+        fake_scale: alpha,
     };
     (Tensor { shape, data }, restore)
 }

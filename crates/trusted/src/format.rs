@@ -80,11 +80,13 @@ pub struct PublicPackage {
 /// How the trusted core turns the accelerator's output back into the real one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Restore {
-    /// ShadowNet's LinearTransform: real channel i = scale[i]·y'[real_pos[i]] + y'[fake_pos[i]].
+    /// ShadowNet's LinearTransform: real channel i =
+    /// scale[i]·y'[real_pos[i]] + fake_scale[i]·y'[fake_pos[i]].
     FakePairs {
         real_pos: Vec<u32>,
         fake_pos: Vec<u32>,
         scale: Vec<f32>,
+        fake_scale: Vec<f32>,
     },
     /// ShadowNet's ShuffleChannel for grouped/depthwise convs: public group q computes real
     /// group perm[q] with every output channel divided by its scale.
@@ -135,7 +137,7 @@ impl SecretModel {
             .iter()
             .map(|l| {
                 let r = match &l.restore {
-                    Restore::FakePairs { scale, .. } => scale.len() * 12,
+                    Restore::FakePairs { scale, .. } => scale.len() * 16,
                     Restore::GroupShuffle { perm, scale, .. } => perm.len() * 4 + scale.len() * 4,
                 };
                 r + l.bias.as_ref().map_or(0, |b| b.len() * 4)

@@ -61,15 +61,16 @@ pub fn restore_output(
             real_pos,
             fake_pos,
             scale,
+            fake_scale,
         } => {
             for o in 0..outer {
                 for i in 0..n {
                     let r = &y.data[(o * m + real_pos[i] as usize) * inner..][..inner];
                     let f = &y.data[(o * m + fake_pos[i] as usize) * inner..][..inner];
                     let d = &mut out[(o * n + i) * inner..][..inner];
-                    let s = scale[i];
+                    let (s, fs) = (scale[i], fake_scale[i]);
                     for ((d, &r), &f) in d.iter_mut().zip(r).zip(f) {
-                        *d = s * r + f;
+                        *d = s * r + fs * f;
                     }
                 }
             }
@@ -133,10 +134,12 @@ pub fn validate(layer: &SecretLayer, in_shape: &[usize], real_out: &[usize], axi
             real_pos,
             fake_pos,
             scale,
+            fake_scale,
         } => {
             real_pos.len() == n
                 && fake_pos.len() == n
                 && scale.len() == n
+                && fake_scale.len() == n
                 && real_pos.iter().chain(fake_pos).all(|&i| (i as usize) < m)
         }
         Restore::GroupShuffle {

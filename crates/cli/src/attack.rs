@@ -1,0 +1,722 @@
+//! `shadownet attack`: the published attacks on ShadowNet run against a package.
+//!
+//! The attack code ([`fake_partner`], [`mask_reuse`]) sees only what an attacker outside
+//! the trusted core sees: the public package, every tensor the accelerator receives and
+//! returns (a [`SpyAccelerator`]), and the ability to run the package on inputs of its
+//! choice ([`mask_reuse::Oracle`]). The device key only lets the device's own trusted core
+//! run; the attack never reads the secret. The reference model is read only to score.
+//! See docs/security.md.
+pub mod fake_partner;
+pub mod mask_reuse;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use shadownet_ir::{Graph, Tensor};
+use shadownet_trusted::{LinearKind, PublicPackage};
+use shadownet_untrusted::accel::Observed;
+use shadownet_untrusted::{CpuAccelerator, SecureModel, SpyAccelerator};
+
+use crate::secure::{self, EnclaveMode};
+use fake_partner::Protection;
+
+/// A filter counts as recovered at |cosine| ≥ this ("exact up to scale").
+pub const COS_RECOVERED: f32 = 0.95;
+/// An activation counts as recovered at relative error below this.
+pub const REL_ERR_RECOVERED: f32 = 0.05;
+/// ... or, in the correlation view, at Pearson correlation at least this (the recovered
+/// activation explains ≥ 90% of the real one's variance).
+pub const CORR_RECOVERED: f32 = 0.95;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttackKind {
+    /// Recover real filters from the public fake-filter banks.
+    FakePartner,
+    /// Recover masked activations from the fixed, reused masks.
+    MaskReuse,
+    /// Both.
+    All,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct AttackArgs {
+    /// Package directory.
+    pub pkg: PathBuf,
+    /// Device secret key: lets the device's trusted core run the package (the attack never
+    /// reads the secret).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The original model (.onnx/.tflite), used only to score the attack.
+    #[arg(long)]
+    pub reference: PathBuf,
+    #[arg(long, value_enum, default_value = "all")]
+    pub kind: AttackKind,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Chosen-input runs of the package for the mask-reuse attack.
+    #[arg(long, default_value_t = 64)]
+    pub queries: usize,
+    /// Seed of the attacker's randomness (probes, victim input, baseline guesses).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// A small seeded generator (splitmix64 + Box–Muller) for the attacker's choices.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x5eed_a77a_c4ed_0001)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    pub fn normals(&mut self, n: usize, std: f32) -> Vec<f32> {
+        let mut v = Vec::with_capacity(n + 1);
+        while v.len() < n {
+            let (u1, u2) = (self.unit(), self.unit());
+            let r = (-2.0 * u1.ln()).sqrt();
+            let t = std::f64::consts::TAU * u2;
+            v.push((r * t.cos()) as f32 * std);
+            v.push((r * t.sin()) as f32 * std);
+        }
+        v.truncate(n);
+        v
+    }
+}
+
+/// The attacker's view of a running package: `infer` plus the spy's records.
+pub struct SpyOracle {
+    model: SecureModel,
+    seen: Arc<Mutex<Vec<Observed>>>,
+}
+
+impl SpyOracle {
+    /// Opens the package on this device (its trusted core reads the key) with a spying
+    /// CPU accelerator.
+    pub fn open(pkg: &Path, key: &Path) -> Result<Self> {
+        let spy = SpyAccelerator::new(CpuAccelerator::new());
+        let seen = spy.seen.clone();
+        let model = secure::open(pkg, key, EnclaveMode::Inproc, Box::new(spy))?;
+        Ok(SpyOracle { model, seen })
+    }
+
+    pub fn public(&self) -> &PublicPackage {
+        &self.model.public
+    }
+}
+
+impl mask_reuse::Oracle for SpyOracle {
+    fn query(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Observed>> {
+        if let Ok(mut s) = self.seen.lock() {
+            s.clear();
+        }
+        self.model.infer(inputs)?;
+        let mut s = self
+            .seen
+            .lock()
+            .map_err(|_| anyhow::anyhow!("spy records poisoned"))?;
+        Ok(std::mem::take(&mut *s))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Scoring (reads the reference model).
+
+/// The reference model's outsourced nodes, in package order.
+fn reference_layers(g: &Graph, public: &PublicPackage) -> Result<Vec<usize>> {
+    let nodes: Vec<usize> = g
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| shadownet_protect::outsourced_kind(g, n).is_some())
+        .map(|(k, _)| k)
+        .collect();
+    if nodes.len() != public.layers.len() {
+        bail!(
+            "the reference model has {} outsourced layers but the package has {}: wrong --reference?",
+            nodes.len(),
+            public.layers.len()
+        );
+    }
+    for (k, (&n, l)) in nodes.iter().zip(&public.layers).enumerate() {
+        let node = &g.nodes[n];
+        if g.shape(node.inputs[0]) != l.input_shape.as_slice() {
+            bail!(
+                "layer {k}: the reference's input shape {:?} differs from the package's {:?}: wrong --reference?",
+                g.shape(node.inputs[0]),
+                l.input_shape
+            );
+        }
+    }
+    Ok(nodes)
+}
+
+fn op_name(kind: &LinearKind) -> String {
+    match kind {
+        LinearKind::Conv(c) if c.groups > 1 => format!("DWConv/g{}", c.groups),
+        LinearKind::Conv(_) => "Conv".into(),
+        LinearKind::ConvTranspose(_) => "ConvTranspose".into(),
+        LinearKind::MatMul => "MatMul".into(),
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FilterLayer {
+    pub layer: usize,
+    pub op: String,
+    pub depthwise: bool,
+    pub real_filters: usize,
+    pub public_filters: usize,
+    pub dim: usize,
+    pub fakes_found: usize,
+    pub guesses: usize,
+    pub recovered: usize,
+    pub mean_cos: f32,
+    pub baseline_recovered: usize,
+    pub baseline_mean_cos: f32,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Totals {
+    pub layers: usize,
+    pub filters: usize,
+    pub recovered: usize,
+    pub mean_cos: f32,
+    pub baseline_recovered: usize,
+    pub baseline_mean_cos: f32,
+}
+
+impl Totals {
+    pub fn fraction(&self) -> f32 {
+        self.recovered as f32 / self.filters.max(1) as f32
+    }
+    pub fn baseline_fraction(&self) -> f32 {
+        self.baseline_recovered as f32 / self.filters.max(1) as f32
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FakePartnerReport {
+    pub layers: Vec<FilterLayer>,
+    /// Fake-pair layers (Conv, ConvTranspose, MatMul).
+    pub fake_pairs: Totals,
+    /// Group-shuffled (depthwise/grouped) layers: scaled and shuffled only.
+    pub depthwise: Totals,
+}
+
+fn totals<'a>(it: impl Iterator<Item = &'a FilterLayer>) -> Totals {
+    let mut t = Totals::default();
+    let (mut c, mut b) = (0f64, 0f64);
+    for l in it {
+        t.layers += 1;
+        t.filters += l.real_filters;
+        t.recovered += l.recovered;
+        t.baseline_recovered += l.baseline_recovered;
+        c += l.mean_cos as f64 * l.real_filters as f64;
+        b += l.baseline_mean_cos as f64 * l.real_filters as f64;
+    }
+    t.mean_cos = (c / t.filters.max(1) as f64) as f32;
+    t.baseline_mean_cos = (b / t.filters.max(1) as f64) as f32;
+    t
+}
+
+/// Runs the fake-partner attack on the public package and scores it against `g`.
+pub fn fake_partner(public: &PublicPackage, g: &Graph, seed: u64) -> Result<FakePartnerReport> {
+    let nodes = reference_layers(g, public)?;
+    let mut rng = Rng::new(seed ^ 0xfa6e);
+    let mut layers = Vec::new();
+    for (k, (l, &n)) in public.layers.iter().zip(&nodes).enumerate() {
+        // The attack: public data only.
+        let rec = fake_partner::attack_layer(l);
+        // Scoring: the reference's real filters.
+        let w = g
+            .constant(g.nodes[n].inputs[1])
+            .with_context(|| format!("layer {k}: the reference has no constant weight"))?;
+        let (real, nreal, d) = fake_partner::filters(w, fake_partner::filter_axis(&l.kind));
+        if d != rec.dim {
+            bail!(
+                "layer {k}: reference filters have length {d}, the package's {}: wrong --reference?",
+                rec.dim
+            );
+        }
+        let best = fake_partner::best_cosines(&real, nreal, &rec.filters, rec.count, d);
+        let guesses = rec.count.max(1);
+        let noise = rng.normals(guesses * d, 1.0);
+        let base = fake_partner::best_cosines(&real, nreal, &noise, guesses, d);
+        let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
+        let hit = |v: &[f32]| v.iter().filter(|&&c| c >= COS_RECOVERED).count();
+        layers.push(FilterLayer {
+            layer: k,
+            op: op_name(&l.kind),
+            depthwise: rec.protection == Protection::GroupShuffle,
+            real_filters: nreal,
+            public_filters: rec.public_filters,
+            dim: d,
+            fakes_found: rec.fakes_found,
+            guesses: rec.count,
+            recovered: hit(&best),
+            mean_cos: mean(&best),
+            baseline_recovered: hit(&base),
+            baseline_mean_cos: mean(&base),
+        });
+    }
+    Ok(FakePartnerReport {
+        fake_pairs: totals(layers.iter().filter(|l| !l.depthwise)),
+        depthwise: totals(layers.iter().filter(|l| l.depthwise)),
+        layers,
+    })
+}
+
+#[derive(Clone, Debug)]
+pub struct ActivationLayer {
+    pub layer: usize,
+    pub op: String,
+    /// The attacker saw this layer's input unmasked (fed by a model input).
+    pub unmasked: bool,
+    /// Share of elements whose mask estimate is anchored (attacker-side confidence).
+    pub anchored: f32,
+    /// Channel groups matched by correlation before scoring (group-shuffled layers).
+    pub channel_matched: bool,
+    pub rel_err: f32,
+    pub corr: f32,
+}
+
+#[derive(Clone, Debug)]
+pub struct MaskReuseReport {
+    pub queries: usize,
+    pub layers: Vec<ActivationLayer>,
+    /// Masked layers only.
+    pub masked_layers: usize,
+    pub recovered: usize,
+    pub recovered_corr: usize,
+    pub median_rel_err: f32,
+}
+
+fn pearson(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len()).max(1) as f64;
+    let ma = a.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let mb = b.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x as f64 - ma, y as f64 - mb);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    if aa <= 0.0 || bb <= 0.0 {
+        // Constant vectors: perfectly "correlated" only if equal.
+        return if a == b { 1.0 } else { 0.0 };
+    }
+    (ab / (aa * bb).sqrt()) as f32
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+    if den <= 0.0 {
+        return if num <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    (num / den).sqrt() as f32
+}
+
+/// Puts the recovered groups of an NCHW tensor into the real order by matching each real
+/// group with its best-correlated recovered group (scoring only: the secret permutation is
+/// not used).
+fn match_groups(rec: &Tensor, real: &Tensor, groups: usize) -> Tensor {
+    let s = &real.shape;
+    if s.len() < 2 || groups == 0 || !s[1].is_multiple_of(groups) || rec.shape != *s {
+        return rec.clone();
+    }
+    let outer = s[0];
+    let c = s[1];
+    let inner: usize = s[2..].iter().product();
+    let block = c / groups * inner;
+    let gather = |t: &Tensor, q: usize| -> Vec<f32> {
+        (0..outer)
+            .flat_map(|o| t.data[o * c * inner + q * block..][..block].iter().copied())
+            .collect()
+    };
+    let rec_groups: Vec<Vec<f32>> = (0..groups).map(|q| gather(rec, q)).collect();
+    let mut out = rec.clone();
+    for p in 0..groups {
+        let want = gather(real, p);
+        let best = (0..groups)
+            .max_by(|&a, &b| {
+                pearson(&rec_groups[a], &want).total_cmp(&pearson(&rec_groups[b], &want))
+            })
+            .unwrap_or(p);
+        for o in 0..outer {
+            out.data[o * c * inner + p * block..][..block]
+                .copy_from_slice(&rec_groups[best][o * block..][..block]);
+        }
+    }
+    out
+}
+
+/// Runs the mask-reuse attack through `oracle` and scores it against `g`'s activations on
+/// the same victim input.
+pub fn mask_reuse(
+    public: &PublicPackage,
+    oracle: &mut dyn mask_reuse::Oracle,
+    g: &Graph,
+    queries: usize,
+    seed: u64,
+) -> Result<MaskReuseReport> {
+    let nodes = reference_layers(g, public)?;
+    // A fresh victim input the attacker never chose as a probe.
+    let mut vr = Rng::new(seed ^ 0x71c7_1a00);
+    let victim: Vec<Tensor> = public
+        .inputs
+        .iter()
+        .map(|(_, s)| Tensor {
+            shape: s.clone(),
+            data: vr.normals(s.iter().product(), 1.0),
+        })
+        .collect();
+    let out = mask_reuse::attack(public, oracle, &victim, queries, seed)?;
+    // Scoring: the plain model's real input of every outsourced node.
+    let want: Vec<usize> = nodes.iter().map(|&n| g.nodes[n].inputs[0]).collect();
+    let mut vals: Vec<Option<Tensor>> = vec![None; g.values.len()];
+    for (&i, t) in g.inputs.iter().zip(&victim) {
+        vals[i] = Some(t.clone());
+    }
+    shadownet_kernels::run_graph_observed(g, &victim, |k, outs| {
+        for (&o, t) in g.nodes[k].outputs.iter().zip(outs) {
+            if want.contains(&o) {
+                vals[o] = Some((*t).clone());
+            }
+        }
+    })
+    .context("running the reference model")?;
+    let mut layers = Vec::new();
+    for (k, (l, &v)) in public.layers.iter().zip(&want).enumerate() {
+        let real = vals[v]
+            .as_ref()
+            .with_context(|| format!("layer {k}: no reference activation"))?;
+        let rec = &out.recovered[k];
+        let (rec, matched) = match &l.kind {
+            LinearKind::Conv(c) if c.groups > 1 && !out.unmasked[k] => {
+                (match_groups(rec, real, c.groups), true)
+            }
+            _ => (rec.clone(), false),
+        };
+        if rec.data.len() != real.data.len() {
+            bail!("layer {k}: recovered and real activations differ in size");
+        }
+        layers.push(ActivationLayer {
+            layer: k,
+            op: op_name(&l.kind),
+            unmasked: out.unmasked[k],
+            anchored: out.anchored[k],
+            channel_matched: matched,
+            rel_err: rel_err(&rec.data, &real.data),
+            corr: pearson(&rec.data, &real.data),
+        });
+    }
+    let masked: Vec<&ActivationLayer> = layers.iter().filter(|l| !l.unmasked).collect();
+    let mut errs: Vec<f32> = masked.iter().map(|l| l.rel_err).collect();
+    errs.sort_by(|a, b| a.total_cmp(b));
+    Ok(MaskReuseReport {
+        queries: out.queries,
+        masked_layers: masked.len(),
+        recovered: masked
+            .iter()
+            .filter(|l| l.rel_err < REL_ERR_RECOVERED)
+            .count(),
+        recovered_corr: masked.iter().filter(|l| l.corr >= CORR_RECOVERED).count(),
+        median_rel_err: errs.get(errs.len() / 2).copied().unwrap_or(0.0),
+        layers,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The command.
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub package: String,
+    pub scheme: String,
+    pub fake_partner: Option<FakePartnerReport>,
+    pub mask_reuse: Option<MaskReuseReport>,
+}
+
+/// Runs the chosen attacks on a package directory.
+pub fn run(
+    pkg: &Path,
+    key: &Path,
+    reference: &Path,
+    kind: AttackKind,
+    queries: usize,
+    seed: u64,
+) -> Result<Report> {
+    let mut oracle = SpyOracle::open(pkg, key)?;
+    let public = oracle.public().clone();
+    let g = shadownet_import::load_model(reference, &public.inputs)
+        .with_context(|| format!("cannot load reference model {}", reference.display()))?
+        .graph;
+    let fp = match kind {
+        AttackKind::FakePartner | AttackKind::All => Some(fake_partner(&public, &g, seed)?),
+        AttackKind::MaskReuse => None,
+    };
+    let mr = match kind {
+        AttackKind::MaskReuse | AttackKind::All => {
+            Some(mask_reuse(&public, &mut oracle, &g, queries, seed)?)
+        }
+        AttackKind::FakePartner => None,
+    };
+    Ok(Report {
+        package: pkg.display().to_string(),
+        scheme: public.scheme.name().to_string(),
+        fake_partner: fp,
+        mask_reuse: mr,
+    })
+}
+
+pub fn cmd(a: &AttackArgs) -> Result<()> {
+    let r = run(&a.pkg, &a.key, &a.reference, a.kind, a.queries, a.seed)?;
+    if a.json {
+        println!("{}", r.to_json());
+    } else {
+        print!("{}", r.to_table());
+    }
+    Ok(())
+}
+
+fn pct(a: usize, b: usize) -> String {
+    format!("{:.1}%", 100.0 * a as f64 / b.max(1) as f64)
+}
+
+impl Report {
+    pub fn to_table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "package {} (scheme {})", self.package, self.scheme);
+        if let Some(fp) = &self.fake_partner {
+            let _ = writeln!(
+                s,
+                "\nfake-partner attack (filters recovered at |cos| >= {COS_RECOVERED}; baseline: as many N(0,1) guesses)"
+            );
+            let _ = writeln!(
+                s,
+                "{:>5} {:<14} {:>6} {:>6} {:>6} {:>6} {:>9} {:>8} {:>9} {:>8}",
+                "layer",
+                "op",
+                "real",
+                "public",
+                "dim",
+                "fakes",
+                "recovered",
+                "mean cos",
+                "baseline",
+                "base cos"
+            );
+            for l in &fp.layers {
+                let _ = writeln!(
+                    s,
+                    "{:>5} {:<14} {:>6} {:>6} {:>6} {:>6} {:>9} {:>8.4} {:>9} {:>8.4}",
+                    l.layer,
+                    l.op,
+                    l.real_filters,
+                    l.public_filters,
+                    l.dim,
+                    l.fakes_found,
+                    pct(l.recovered, l.real_filters),
+                    l.mean_cos,
+                    pct(l.baseline_recovered, l.real_filters),
+                    l.baseline_mean_cos
+                );
+            }
+            for (name, t) in [
+                ("fake-pair layers", &fp.fake_pairs),
+                ("depthwise layers", &fp.depthwise),
+            ] {
+                let _ = writeln!(
+                    s,
+                    "{name}: {} layers, {}/{} filters recovered ({}), mean best cos {:.4}; black-box baseline {} (mean {:.4})",
+                    t.layers,
+                    t.recovered,
+                    t.filters,
+                    pct(t.recovered, t.filters),
+                    t.mean_cos,
+                    pct(t.baseline_recovered, t.filters),
+                    t.baseline_mean_cos
+                );
+            }
+        }
+        if let Some(mr) = &self.mask_reuse {
+            let _ = writeln!(
+                s,
+                "\nmask-reuse attack ({} chosen queries; recovered at rel err < {REL_ERR_RECOVERED}, or corr >= {CORR_RECOVERED})",
+                mr.queries
+            );
+            let _ = writeln!(
+                s,
+                "{:>5} {:<14} {:>8} {:>9} {:>10} {:>8}",
+                "layer", "op", "masked", "anchored", "rel err", "corr"
+            );
+            for l in &mr.layers {
+                let _ = writeln!(
+                    s,
+                    "{:>5} {:<14} {:>8} {:>8.1}% {:>10.2e} {:>8.4}{}",
+                    l.layer,
+                    l.op,
+                    if l.unmasked { "no" } else { "yes" },
+                    100.0 * l.anchored,
+                    l.rel_err,
+                    l.corr,
+                    if l.channel_matched {
+                        "  (groups matched)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            let _ = writeln!(
+                s,
+                "masked layers: {}; activations recovered: {} by rel err ({}), {} by correlation ({}); median rel err {:.2e}",
+                mr.masked_layers,
+                mr.recovered,
+                pct(mr.recovered, mr.masked_layers),
+                mr.recovered_corr,
+                pct(mr.recovered_corr, mr.masked_layers),
+                mr.median_rel_err
+            );
+        }
+        s
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut s = String::from("{");
+        let _ = write!(
+            s,
+            "\"package\":{},\"scheme\":{}",
+            jstr(&self.package),
+            jstr(&self.scheme)
+        );
+        let _ = write!(
+            s,
+            ",\"thresholds\":{{\"cos_recovered\":{},\"rel_err_recovered\":{},\"corr_recovered\":{}}}",
+            jnum(COS_RECOVERED),
+            jnum(REL_ERR_RECOVERED),
+            jnum(CORR_RECOVERED)
+        );
+        if let Some(fp) = &self.fake_partner {
+            s.push_str(",\"fake_partner\":{\"layers\":[");
+            for (i, l) in fp.layers.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                let _ = write!(
+                    s,
+                    "{{\"layer\":{},\"op\":{},\"depthwise\":{},\"real_filters\":{},\"public_filters\":{},\"dim\":{},\"fakes_found\":{},\"guesses\":{},\"recovered\":{},\"fraction\":{},\"mean_cos\":{},\"baseline_recovered\":{},\"baseline_fraction\":{},\"baseline_mean_cos\":{}}}",
+                    l.layer,
+                    jstr(&l.op),
+                    l.depthwise,
+                    l.real_filters,
+                    l.public_filters,
+                    l.dim,
+                    l.fakes_found,
+                    l.guesses,
+                    l.recovered,
+                    jnum(l.recovered as f32 / l.real_filters.max(1) as f32),
+                    jnum(l.mean_cos),
+                    l.baseline_recovered,
+                    jnum(l.baseline_recovered as f32 / l.real_filters.max(1) as f32),
+                    jnum(l.baseline_mean_cos)
+                );
+            }
+            s.push(']');
+            for (name, t) in [("fake_pairs", &fp.fake_pairs), ("depthwise", &fp.depthwise)] {
+                let _ = write!(
+                    s,
+                    ",\"{name}\":{{\"layers\":{},\"filters\":{},\"recovered\":{},\"fraction\":{},\"mean_cos\":{},\"baseline_recovered\":{},\"baseline_fraction\":{},\"baseline_mean_cos\":{}}}",
+                    t.layers,
+                    t.filters,
+                    t.recovered,
+                    jnum(t.fraction()),
+                    jnum(t.mean_cos),
+                    t.baseline_recovered,
+                    jnum(t.baseline_fraction()),
+                    jnum(t.baseline_mean_cos)
+                );
+            }
+            s.push('}');
+        }
+        if let Some(mr) = &self.mask_reuse {
+            let _ = write!(
+                s,
+                ",\"mask_reuse\":{{\"queries\":{},\"layers\":[",
+                mr.queries
+            );
+            for (i, l) in mr.layers.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                let _ = write!(
+                    s,
+                    "{{\"layer\":{},\"op\":{},\"masked\":{},\"anchored\":{},\"channel_matched\":{},\"rel_err\":{},\"corr\":{}}}",
+                    l.layer,
+                    jstr(&l.op),
+                    !l.unmasked,
+                    jnum(l.anchored),
+                    l.channel_matched,
+                    jnum(l.rel_err),
+                    jnum(l.corr)
+                );
+            }
+            let _ = write!(
+                s,
+                "],\"masked_layers\":{},\"recovered\":{},\"recovered_fraction\":{},\"recovered_corr\":{},\"recovered_corr_fraction\":{},\"median_rel_err\":{}}}",
+                mr.masked_layers,
+                mr.recovered,
+                jnum(mr.recovered as f32 / mr.masked_layers.max(1) as f32),
+                mr.recovered_corr,
+                jnum(mr.recovered_corr as f32 / mr.masked_layers.max(1) as f32),
+                jnum(mr.median_rel_err)
+            );
+        }
+        s.push('}');
+        s
+    }
+}
+
+fn jnum(x: f32) -> String {
+    if x.is_finite() {
+        format!("{x}")
+    } else {
+        "null".into()
+    }
+}
+
+fn jstr(s: &str) -> String {
+    let mut o = String::from("\"");
+    for ch in s.chars() {
+        match ch {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}

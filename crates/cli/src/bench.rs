@@ -1,0 +1,507 @@
+//! `shadownet bench`: plain vs secure inference latency of one model in one process,
+//! optionally against ONNX Runtime / LiteRT (through `scripts/bench_ref.py`).
+//!
+//! The model is converted in memory once per scheme and sealed to a fresh device key; each
+//! package is opened with the trusted core in this process and in a child process. Runs
+//! are interleaved (plain, then every secure variant, per iteration) so that machine
+//! noise hits all variants alike.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use shadownet_ir::Tensor;
+use shadownet_trusted::Scheme;
+use shadownet_untrusted::{CpuAccelerator, Enclave, InProcEnclave, ProcessEnclave, SecureModel};
+
+use crate::{keys, plain};
+
+/// Every scheme the bench converts to. A new scheme only needs adding here.
+pub const SCHEMES: &[Scheme] = &[Scheme::ShadowNet];
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// The model (.onnx or .tflite).
+    pub model: PathBuf,
+    /// Timed runs per variant.
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// Untimed runs per variant before the timed ones.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Print one JSON object with every number instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also time ONNX Runtime (.onnx) or LiteRT (.tflite) via scripts/bench_ref.py.
+    #[arg(long)]
+    pub reference: bool,
+    /// Size of an input with free dimensions: NAME=1,3,224,224 (repeatable).
+    #[arg(long = "input-shape")]
+    pub input_shapes: Vec<String>,
+    /// Seed of the N(0,1) input and of the conversion.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Latency summary in milliseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Stats {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Stats {
+    pub fn of(samples: &[f64]) -> Stats {
+        let mut v = samples.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n == 0 {
+            return Stats {
+                median: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+                mean: f64::NAN,
+            };
+        }
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            0.5 * (v[n / 2 - 1] + v[n / 2])
+        };
+        Stats {
+            median,
+            min: v[0],
+            max: v[n - 1],
+            mean: v.iter().sum::<f64>() / n as f64,
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "median_ms": self.median,
+            "min_ms": self.min,
+            "max_ms": self.max,
+            "mean_ms": self.mean,
+        })
+    }
+}
+
+/// A seeded N(0,1) source (SplitMix64 + Box–Muller): reproducible, no extra dependency.
+struct Normal(u64);
+
+impl Normal {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f64 {
+        // (0, 1]: never 0, so ln() is finite.
+        ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+    fn sample(&mut self) -> f32 {
+        let (u, v) = (self.uniform(), self.uniform());
+        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+    }
+}
+
+fn random_input(shape: &[usize], rng: &mut Normal) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let data = (0..n).map(|_| rng.sample()).collect();
+    Tensor::new(shape.to_vec(), data).map_err(|e| anyhow::anyhow!("input tensor: {e}"))
+}
+
+/// One secure configuration being timed.
+struct SecureVariant {
+    name: String,
+    scheme: Scheme,
+    enclave: &'static str,
+    model: SecureModel,
+    outsourced_layers: usize,
+    convert_s: f64,
+    samples: Vec<f64>,
+    max_rel_err: f32,
+}
+
+/// A temporary directory removed on drop (holds the device key for the enclave process).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let d =
+            std::env::temp_dir().join(format!("shadownet-bench-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&d)
+            .with_context(|| format!("cannot create temporary directory {}", d.display()))?;
+        Ok(TempDir(d))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rel_err(a: &[Tensor], b: &[Tensor]) -> f32 {
+    let mut worst = 0f32;
+    for (x, y) in a.iter().zip(b) {
+        if x.shape != y.shape {
+            return f32::INFINITY;
+        }
+        let scale = y
+            .data
+            .iter()
+            .fold(0f32, |m, v| m.max(v.abs()))
+            .max(f32::MIN_POSITIVE);
+        let d = x
+            .data
+            .iter()
+            .zip(&y.data)
+            .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        worst = worst.max(d / scale);
+    }
+    worst
+}
+
+fn ms(t0: Instant) -> f64 {
+    t0.elapsed().as_secs_f64() * 1e3
+}
+
+/// Runs the benchmark and prints a table (or JSON with `--json`).
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let report = bench(args)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", table(&report));
+    }
+    Ok(())
+}
+
+/// Runs the benchmark and returns every number as JSON.
+pub fn bench(args: &BenchArgs) -> Result<Value> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let threads = rayon::current_num_threads();
+    let shapes = args
+        .input_shapes
+        .iter()
+        .map(|s| plain::parse_input_shape(s))
+        .collect::<Result<Vec<_>>>()?;
+    let m = shadownet_import::load_model(&args.model, &shapes)
+        .with_context(|| format!("cannot load model {}", args.model.display()))?;
+    let g = &m.graph;
+    let input_shapes: Vec<(String, Vec<usize>)> = g
+        .inputs
+        .iter()
+        .map(|&i| (g.values[i].name.clone(), g.values[i].shape.clone()))
+        .collect();
+    let mut rng = Normal(args.seed ^ 0x5eed_5eed_5eed_5eed);
+    let xs = input_shapes
+        .iter()
+        .map(|(_, s)| random_input(s, &mut rng))
+        .collect::<Result<Vec<_>>>()?;
+    let want = shadownet_kernels::run_graph(g, &xs).context("plain inference failed")?;
+
+    // One device key for every package; the enclave process reads it from a file.
+    let tmp = TempDir::new()?;
+    let (sk_path, pk_path) = keys::keygen(&tmp.0, true)?;
+    let device_key = keys::read_secret_key(&sk_path)?;
+    let device_pub = keys::read_public_key(&pk_path)?;
+    let exe = std::env::current_exe().context("cannot locate the shadownet binary")?;
+
+    let mut variants: Vec<SecureVariant> = Vec::new();
+    for &scheme in SCHEMES {
+        let opts = shadownet_protect::Options {
+            scheme,
+            seed: Some(args.seed),
+            ..Default::default()
+        };
+        eprintln!(
+            "bench: converting {} with scheme {}",
+            args.model.display(),
+            scheme.name()
+        );
+        let t0 = Instant::now();
+        let c = shadownet_protect::convert(g, &opts, &mut |_, _| {})?;
+        let public = shadownet_protect::encode_public(&c.public);
+        let sealed = shadownet_protect::seal_secret(&c.secret, &device_pub, &public);
+        let convert_s = t0.elapsed().as_secs_f64();
+        let layers = c.public.layers.len();
+        for mode in ["inproc", "process"] {
+            let enclave: Box<dyn Enclave> = match mode {
+                "inproc" => Box::new(InProcEnclave::new(device_key)?),
+                _ => Box::new(ProcessEnclave::spawn(&exe, &sk_path)?),
+            };
+            let model = SecureModel::from_parts(
+                public.clone(),
+                sealed.clone(),
+                enclave,
+                Box::new(CpuAccelerator::new()),
+            )
+            .with_context(|| format!("cannot open the {} package ({mode})", scheme.name()))?;
+            let name = match scheme {
+                Scheme::ShadowNet => format!("secure-{mode}"),
+                #[allow(unreachable_patterns)]
+                other => format!("secure-{}-{mode}", other.name()),
+            };
+            variants.push(SecureVariant {
+                name,
+                scheme,
+                enclave: mode,
+                model,
+                outsourced_layers: layers,
+                convert_s,
+                samples: Vec::with_capacity(args.runs),
+                max_rel_err: 0.0,
+            });
+        }
+    }
+
+    eprintln!(
+        "bench: {} warm-up + {} timed runs per variant, {threads} threads",
+        args.warmup, args.runs
+    );
+    let mut plain_samples = Vec::with_capacity(args.runs);
+    for it in 0..args.warmup + args.runs {
+        let timed = it >= args.warmup;
+        let t0 = Instant::now();
+        let y = shadownet_kernels::run_graph(g, &xs).context("plain inference failed")?;
+        let dt = ms(t0);
+        drop(y);
+        if timed {
+            plain_samples.push(dt);
+        }
+        for v in &mut variants {
+            let inputs = xs.clone();
+            let t0 = Instant::now();
+            let y = v
+                .model
+                .infer(inputs)
+                .with_context(|| format!("{} inference failed", v.name))?;
+            let dt = ms(t0);
+            if it == 0 {
+                v.max_rel_err = rel_err(&y, &want);
+            }
+            if timed {
+                v.samples.push(dt);
+            }
+        }
+    }
+
+    let plain_stats = Stats::of(&plain_samples);
+    let mut reference = Value::Null;
+    let mut reference_note = Value::Null;
+    let mut ref_median = None;
+    if args.reference {
+        match run_reference(&args.model, &input_shapes, threads, args) {
+            Ok(r) => {
+                ref_median = r.get("median_ms").and_then(Value::as_f64);
+                reference = r;
+            }
+            Err(e) => {
+                let note = format!("reference runtime unavailable: {e:#}");
+                eprintln!("bench: {note}");
+                reference_note = Value::String(note);
+            }
+        }
+    }
+    let ratio = |a: f64, b: Option<f64>| match b {
+        Some(b) if b > 0.0 => json!(a / b),
+        _ => Value::Null,
+    };
+
+    let mut plain_json = plain_stats.json();
+    plain_json["name"] = json!("plain");
+    plain_json["ratio_vs_reference"] = ratio(plain_stats.median, ref_median);
+    let mut out_variants = vec![plain_json];
+    for v in &variants {
+        let s = Stats::of(&v.samples);
+        let mut j = s.json();
+        let trusted = v.model.resident_bytes + v.model.peak_activation_bytes;
+        j["name"] = json!(v.name);
+        j["scheme"] = json!(v.scheme.name());
+        j["enclave"] = json!(v.enclave);
+        j["ratio_vs_plain"] = ratio(s.median, Some(plain_stats.median));
+        j["ratio_vs_reference"] = ratio(s.median, ref_median);
+        j["round_trips"] = json!(v.model.last_round_trips);
+        j["outsourced_layers"] = json!(v.outsourced_layers);
+        j["resident_bytes"] = json!(v.model.resident_bytes);
+        j["peak_activation_bytes"] = json!(v.model.peak_activation_bytes);
+        j["trusted_bytes"] = json!(trusted);
+        j["trusted_mib"] = json!(trusted as f64 / (1u64 << 20) as f64);
+        j["convert_s"] = json!(v.convert_s);
+        j["max_rel_err"] = json!(v.max_rel_err);
+        out_variants.push(j);
+    }
+    let total_macs: u64 = g.nodes.iter().map(|n| g.macs(n)).sum();
+    Ok(json!({
+        "model": args.model.display().to_string(),
+        "format": format!("{:?}", m.format).to_lowercase(),
+        "inputs": input_shapes
+            .iter()
+            .map(|(n, s)| json!({"name": n, "shape": s}))
+            .collect::<Vec<_>>(),
+        "gflops": 2.0 * total_macs as f64 / 1e9,
+        "threads": threads,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "seed": args.seed,
+        "variants": out_variants,
+        "reference": reference,
+        "reference_note": reference_note,
+    }))
+}
+
+/// The repository root (holds `scripts/bench_ref.py`): from the build, else near the binary.
+fn repo_root() -> Option<PathBuf> {
+    let has = |p: &Path| p.join("scripts/bench_ref.py").is_file();
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    if has(&built) {
+        return Some(built.canonicalize().unwrap_or(built));
+    }
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors().find(|p| has(p)).map(Path::to_path_buf)
+}
+
+/// Times the model in ONNX Runtime or LiteRT; returns the script's JSON.
+fn run_reference(
+    model: &Path,
+    inputs: &[(String, Vec<usize>)],
+    threads: usize,
+    args: &BenchArgs,
+) -> Result<Value> {
+    let root = repo_root().context("cannot find scripts/bench_ref.py")?;
+    let python = root.join(".venv/bin/python");
+    if !python.is_file() {
+        eprintln!("bench: creating the Python environment (scripts/setup-venv.sh)");
+        let st = Command::new(root.join("scripts/setup-venv.sh"))
+            .status()
+            .context("cannot run scripts/setup-venv.sh")?;
+        if !st.success() || !python.is_file() {
+            bail!("scripts/setup-venv.sh failed; no {}", python.display());
+        }
+    }
+    let mut cmd = Command::new(&python);
+    cmd.arg(root.join("scripts/bench_ref.py"))
+        .arg("--model")
+        .arg(model)
+        .arg("--threads")
+        .arg(threads.to_string())
+        .arg("--runs")
+        .arg(args.runs.to_string())
+        .arg("--warmup")
+        .arg(args.warmup.to_string())
+        .arg("--seed")
+        .arg(args.seed.to_string());
+    for (n, s) in inputs {
+        let dims: Vec<String> = s.iter().map(usize::to_string).collect();
+        cmd.arg("--input-shape")
+            .arg(format!("{n}={}", dims.join(",")));
+    }
+    eprintln!("bench: timing the reference runtime");
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("no message");
+        bail!("scripts/bench_ref.py failed: {last}");
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .context("scripts/bench_ref.py printed no JSON object")?;
+    if v.get("median_ms").and_then(Value::as_f64).is_none() {
+        bail!("scripts/bench_ref.py printed no median_ms");
+    }
+    Ok(v)
+}
+
+fn num(v: &Value, k: &str) -> Option<f64> {
+    v.get(k).and_then(Value::as_f64)
+}
+
+fn fmt_ratio(v: &Value, k: &str) -> String {
+    num(v, k).map_or("-".into(), |r| format!("{r:.2}x"))
+}
+
+/// The human-readable report.
+pub fn table(r: &Value) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let inputs: Vec<String> = r["inputs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| format!("{} {}", i["name"].as_str().unwrap_or("?"), i["shape"]))
+        .collect();
+    let _ = writeln!(
+        s,
+        "model {} ({}, {:.3} GFLOPs), inputs {}",
+        r["model"].as_str().unwrap_or("?"),
+        r["format"].as_str().unwrap_or("?"),
+        num(r, "gflops").unwrap_or(0.0),
+        inputs.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "{} threads, {} timed runs after {} warm-up, runs interleaved across variants",
+        r["threads"], r["runs"], r["warmup"]
+    );
+    let _ = writeln!(
+        s,
+        "{:<24} {:>10} {:>10} {:>10} {:>9} {:>9} {:>8} {:>12}",
+        "variant", "median ms", "min ms", "max ms", "vs plain", "vs ref", "trips", "trusted MiB"
+    );
+    let mut rows: Vec<&Value> = r["variants"].as_array().into_iter().flatten().collect();
+    let reference_row;
+    if r["reference"].is_object() {
+        let mut v = r["reference"].clone();
+        v["name"] = json!(format!(
+            "{} (reference)",
+            v["runtime"].as_str().unwrap_or("reference")
+        ));
+        reference_row = v;
+        rows.push(&reference_row);
+    }
+    for v in rows {
+        let f = |k: &str| num(v, k).map_or("-".into(), |x| format!("{x:.2}"));
+        let _ = writeln!(
+            s,
+            "{:<24} {:>10} {:>10} {:>10} {:>9} {:>9} {:>8} {:>12}",
+            v["name"].as_str().unwrap_or("?"),
+            f("median_ms"),
+            f("min_ms"),
+            f("max_ms"),
+            fmt_ratio(v, "ratio_vs_plain"),
+            fmt_ratio(v, "ratio_vs_reference"),
+            v.get("round_trips").map_or("-".into(), Value::to_string),
+            num(v, "trusted_mib").map_or("-".into(), |x| format!("{x:.2}")),
+        );
+    }
+    for v in r["variants"].as_array().into_iter().flatten().skip(1) {
+        let _ = writeln!(
+            s,
+            "{}: {} outsourced layers, trusted core {} B resident + {} B peak activations, converted in {:.2} s, max rel. error vs plain {:.2e}",
+            v["name"].as_str().unwrap_or("?"),
+            v["outsourced_layers"],
+            v["resident_bytes"],
+            v["peak_activation_bytes"],
+            num(v, "convert_s").unwrap_or(0.0),
+            num(v, "max_rel_err").unwrap_or(0.0),
+        );
+    }
+    if let Some(note) = r["reference_note"].as_str() {
+        let _ = writeln!(s, "note: {note}");
+    }
+    s
+}

@@ -1,0 +1,57 @@
+//! `shadownet bench --json` on the bundled demo model: every variant is timed and the
+//! secure ones report their round trips and trusted-core memory.
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn bench_json_reports_every_variant() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/demo/ppocr_cls.onnx");
+    let out = Command::new(env!("CARGO_BIN_EXE_shadownet"))
+        .args(["--threads", "2", "bench"])
+        .arg(&model)
+        .args([
+            "--runs",
+            "2",
+            "--warmup",
+            "0",
+            "--json",
+            "--input-shape",
+            "x=1,3,48,192",
+        ])
+        .output()
+        .expect("cannot run shadownet");
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("bench --json prints JSON");
+    assert_eq!(v["threads"], 2, "--threads sets the pool the bench runs on");
+    assert_eq!(v["runs"], 2);
+    assert_eq!(v["inputs"][0]["shape"], serde_json::json!([1, 3, 48, 192]));
+    assert!(v["reference"].is_null());
+    let variants = v["variants"].as_array().expect("variants array");
+    let names: Vec<&str> = variants.iter().filter_map(|x| x["name"].as_str()).collect();
+    assert_eq!(names, ["plain", "secure-inproc", "secure-process"]);
+    let pos = |x: &serde_json::Value, k: &str| {
+        let n = x[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} missing in {x}"));
+        assert!(n > 0.0 && n.is_finite(), "{k} = {n} in {x}");
+        n
+    };
+    for x in variants {
+        let (mn, med, mx) = (pos(x, "min_ms"), pos(x, "median_ms"), pos(x, "max_ms"));
+        assert!(mn <= med && med <= mx, "{x}");
+    }
+    for x in &variants[1..] {
+        pos(x, "ratio_vs_plain");
+        pos(x, "round_trips");
+        pos(x, "resident_bytes");
+        pos(x, "peak_activation_bytes");
+        pos(x, "trusted_bytes");
+        assert_eq!(x["round_trips"], x["outsourced_layers"], "{x}");
+        assert!(x["max_rel_err"].as_f64().is_some_and(|e| e < 1e-3), "{x}");
+    }
+}
