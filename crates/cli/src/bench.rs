@@ -18,7 +18,7 @@ use shadownet_untrusted::{CpuAccelerator, Enclave, InProcEnclave, ProcessEnclave
 use crate::{keys, plain};
 
 /// Every scheme the bench converts to. A new scheme only needs adding here.
-pub const SCHEMES: &[Scheme] = &[Scheme::ShadowNet];
+pub const SCHEMES: &[Scheme] = &[Scheme::ShadowNet, Scheme::Hardened];
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -124,6 +124,9 @@ struct SecureVariant {
     model: SecureModel,
     outsourced_layers: usize,
     convert_s: f64,
+    /// Hardened: trusted-core time to precompute one inference's masks, and their size.
+    precompute_ms_per_inference: Option<f64>,
+    pool_bytes_per_inference: Option<usize>,
     samples: Vec<f64>,
     max_rel_err: f32,
 }
@@ -238,18 +241,30 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         let sealed = shadownet_protect::seal_secret(&c.secret, &device_pub, &public);
         let convert_s = t0.elapsed().as_secs_f64();
         let layers = c.public.layers.len();
+        // The package goes to disk so hardened runs can draw on a precomputed mask pool,
+        // as they would on a device.
+        let pkg_dir = tmp.0.join(scheme.name());
+        shadownet_protect::write_package(&pkg_dir, &public, &sealed)?;
         for mode in ["inproc", "process"] {
             let enclave: Box<dyn Enclave> = match mode {
-                "inproc" => Box::new(InProcEnclave::new(device_key)?),
+                "inproc" => Box::new(InProcEnclave::new(
+                    device_key,
+                    Box::new(shadownet_untrusted::FilePlatform::beside_key(&sk_path)),
+                )?),
                 _ => Box::new(ProcessEnclave::spawn(&exe, &sk_path)?),
             };
-            let model = SecureModel::from_parts(
-                public.clone(),
-                sealed.clone(),
-                enclave,
-                Box::new(CpuAccelerator::new()),
-            )
-            .with_context(|| format!("cannot open the {} package ({mode})", scheme.name()))?;
+            let mut model = SecureModel::open(&pkg_dir, enclave, Box::new(CpuAccelerator::new()))
+                .with_context(|| {
+                format!("cannot open the {} package ({mode})", scheme.name())
+            })?;
+            let (mut precompute_ms_per_inference, mut pool_bytes_per_inference) = (None, None);
+            if scheme == Scheme::Hardened {
+                let n = args.warmup + args.runs;
+                let t0 = Instant::now();
+                let bytes = model.precompute(n, &mut |_, _| {})?;
+                precompute_ms_per_inference = Some(ms(t0) / n.max(1) as f64);
+                pool_bytes_per_inference = Some(bytes);
+            }
             let name = match scheme {
                 Scheme::ShadowNet => format!("secure-{mode}"),
                 #[allow(unreachable_patterns)]
@@ -262,6 +277,8 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
                 model,
                 outsourced_layers: layers,
                 convert_s,
+                precompute_ms_per_inference,
+                pool_bytes_per_inference,
                 samples: Vec::with_capacity(args.runs),
                 max_rel_err: 0.0,
             });
@@ -341,6 +358,8 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         j["trusted_bytes"] = json!(trusted);
         j["trusted_mib"] = json!(trusted as f64 / (1u64 << 20) as f64);
         j["convert_s"] = json!(v.convert_s);
+        j["precompute_ms_per_inference"] = json!(v.precompute_ms_per_inference);
+        j["pool_bytes_per_inference"] = json!(v.pool_bytes_per_inference);
         j["max_rel_err"] = json!(v.max_rel_err);
         out_variants.push(j);
     }

@@ -27,6 +27,8 @@ struct Cli {
 enum SchemeArg {
     /// The ShadowNet paper's scheme (fake-filter pairs, channel shuffle, fixed masks).
     Shadownet,
+    /// Group mixing, one-time masks and verified results (see docs/schemes.md).
+    Hardened,
 }
 
 #[derive(Subcommand)]
@@ -48,6 +50,21 @@ enum Cmd {
         #[arg(long)]
         key: Option<PathBuf>,
         /// Where the trusted core runs (packages only).
+        #[arg(long, value_enum, default_value = "inproc")]
+        enclave: EnclaveMode,
+        /// Hardened packages: when the mask pool is empty, let the trusted core compute
+        /// one-time masks on the spot (slow) instead of refusing.
+        #[arg(long)]
+        allow_slow_masks: bool,
+    },
+    /// Precompute one-time masks for a hardened package (run by the trusted core, offline).
+    Precompute {
+        package: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// Number of inferences to prepare masks for.
+        #[arg(long)]
+        count: usize,
         #[arg(long, value_enum, default_value = "inproc")]
         enclave: EnclaveMode,
     },
@@ -143,11 +160,19 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             input_shapes,
             key,
             enclave,
+            allow_slow_masks,
         } => {
             if model.is_dir() {
                 let key =
                     key.context("running a package needs the device secret key: --key DEVICE.key")?;
-                cmd_run_secure(&model, &key, enclave, &inputs, output.as_deref())
+                cmd_run_secure(
+                    &model,
+                    &key,
+                    enclave,
+                    allow_slow_masks,
+                    &inputs,
+                    output.as_deref(),
+                )
             } else {
                 cmd_run(&model, &inputs, output.as_deref(), &input_shapes)
             }
@@ -166,6 +191,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             let opts = shadownet_protect::Options {
                 scheme: match scheme {
                     SchemeArg::Shadownet => shadownet_trusted::Scheme::ShadowNet,
+                    SchemeArg::Hardened => shadownet_trusted::Scheme::Hardened,
                 },
                 ratio,
                 seed,
@@ -200,11 +226,36 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Demo => cmd_demo(),
+        Cmd::Precompute {
+            package,
+            key,
+            count,
+            enclave,
+        } => {
+            let mut sm = secure::open_cpu(&package, &key, enclave)?;
+            let t0 = Instant::now();
+            let mut last = 0;
+            let bytes = sm.precompute(count, &mut |done, total| {
+                // A line per tenth, so long runs show progress in logs too.
+                if done * 10 / total.max(1) != last || done == total {
+                    last = done * 10 / total.max(1);
+                    eprintln!("precompute: {done}/{total}");
+                }
+            })?;
+            let dt = t0.elapsed().as_secs_f64();
+            println!(
+                "{count} one-time mask sets added ({} in the pool): {bytes} bytes and {:.1} ms of trusted-core time per inference",
+                sm.pool_len(),
+                1e3 * dt / count.max(1) as f64
+            );
+            Ok(())
+        }
         Cmd::Attack(a) => shadownet::attack::cmd(&a),
         Cmd::Bench(args) => shadownet::bench::run(&args),
         Cmd::Enclave { key } => {
             let k = keys::read_secret_key(&key)?;
-            let mut core = shadownet_trusted::TrustedCore::new(k);
+            let platform = shadownet_untrusted::FilePlatform::beside_key(&key);
+            let mut core = shadownet_trusted::TrustedCore::new(k, Box::new(platform));
             shadownet_untrusted::enclave::serve(
                 &mut core,
                 &mut std::io::stdin().lock(),
@@ -267,10 +318,12 @@ fn cmd_run_secure(
     pkg: &Path,
     key: &Path,
     mode: EnclaveMode,
+    allow_slow_masks: bool,
     inputs: &[String],
     output: Option<&Path>,
 ) -> Result<()> {
     let mut sm = secure::open_cpu(pkg, key, mode)?;
+    sm.allow_slow_masks = allow_slow_masks;
     let names: Vec<String> = sm.public.inputs.iter().map(|(n, _)| n.clone()).collect();
     let args: Vec<_> = inputs.iter().map(|s| plain::parse_input_arg(s)).collect();
     let bound = plain::bind_inputs(&names, &args)?;

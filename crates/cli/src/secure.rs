@@ -63,7 +63,10 @@ pub fn open(
     accel: Box<dyn Accelerator>,
 ) -> Result<SecureModel> {
     let enclave: Box<dyn Enclave> = match mode {
-        EnclaveMode::Inproc => Box::new(InProcEnclave::new(keys::read_secret_key(key_file)?)?),
+        EnclaveMode::Inproc => Box::new(InProcEnclave::new(
+            keys::read_secret_key(key_file)?,
+            Box::new(shadownet_untrusted::FilePlatform::beside_key(key_file)),
+        )?),
         EnclaveMode::Process => {
             // The child reads the key itself, but fail early here on an unreadable path.
             if !key_file.is_file() {

@@ -41,8 +41,22 @@ pub struct Options {
     pub ratio: f32,
     /// Reproducible conversions for tests; `None` draws from the OS.
     pub seed: Option<u64>,
-    /// Mask standard deviation relative to the activation it hides.
-    pub mask_scale: f32,
+    /// Mask standard deviation relative to the activation it hides; `None` takes the
+    /// scheme's default (see [`Options::mask_scale`]).
+    pub mask_scale: Option<f32>,
+}
+
+impl Options {
+    /// Larger masks hide better but cost precision in proportion (see docs/schemes.md).
+    /// The paper's fake filters already spend most of the f32 headroom, so its masks are
+    /// as large as the activations; the hardened scheme's unit-norm mixing leaves room for
+    /// masks twice that size.
+    pub fn mask_scale(&self) -> f32 {
+        self.mask_scale.unwrap_or(match self.scheme {
+            Scheme::ShadowNet => 1.0,
+            Scheme::Hardened => 2.0,
+        })
+    }
 }
 
 impl Default for Options {
@@ -51,9 +65,7 @@ impl Default for Options {
             scheme: Scheme::ShadowNet,
             ratio: 1.2,
             seed: None,
-            // Masks as large as the activations they hide: larger ones hide better but
-            // cost precision in proportion (see docs/schemes.md).
-            mask_scale: 1.0,
+            mask_scale: None,
         }
     }
 }
@@ -185,6 +197,10 @@ fn mask_axis(shape: &[usize]) -> usize {
     }
 }
 
+/// The per-channel size of the mask that hides `t`: its RMS (means count too: a mask
+/// must hide a constant offset as well), but at least half its largest magnitude, so the
+/// few large values of a sparse post-ReLU channel do not stand out of a mask sized by the
+/// many zeros.
 fn channel_rms(t: &Tensor) -> Vec<f32> {
     if t.shape.is_empty() {
         return vec![t.data.first().map_or(1.0, |v| v.abs().max(1e-3))];
@@ -193,13 +209,16 @@ fn channel_rms(t: &Tensor) -> Vec<f32> {
     let c = t.shape[axis].max(1);
     let inner: usize = t.shape[axis + 1..].iter().product();
     let mut acc = vec![0f64; c];
+    let mut peak = vec![0f32; c];
     for (i, v) in t.data.iter().enumerate() {
-        acc[(i / inner.max(1)) % c] += (*v as f64).powi(2);
+        let ch = (i / inner.max(1)) % c;
+        acc[ch] += (*v as f64).powi(2);
+        peak[ch] = peak[ch].max(v.abs());
     }
     let per = (t.len() / c).max(1) as f64;
-    // Means count too (RMS, not std): a mask must hide a constant offset as well.
     acc.iter()
-        .map(|a| ((a / per).sqrt() as f32).max(1e-3))
+        .zip(&peak)
+        .map(|(a, &p)| ((a / per).sqrt() as f32).max(0.5 * p).max(1e-3))
         .collect()
 }
 
@@ -250,8 +269,13 @@ fn protect_layer(
     } else {
         1
     };
+    let hardened = opts.scheme == Scheme::Hardened;
     let (weight, restore) = match kind {
+        LinearKind::Conv(c) if c.groups > 1 && hardened && w.shape[1] == 1 => {
+            mixed_depthwise(&w, c.groups, rng)
+        }
         LinearKind::Conv(c) if c.groups > 1 => group_shuffle(&w, c.groups, rng),
+        _ if hardened => mixed_groups(&w, filter_axis, opts.ratio, rng),
         _ => fake_pairs(&w, filter_axis, opts.ratio, rng),
     };
     let mut public_output = out_shape.clone();
@@ -263,11 +287,16 @@ fn protect_layer(
         bias: None,
         mask: None,
         mask_correction: None,
+        mask_rms: Vec::new(),
     };
-    // Layers fed straight by a model input see it in the clear (the user's input is
-    // not the vendor's secret); every other layer's input is masked.
-    if !g.inputs.contains(&x) {
-        let mask = draw_mask(g.shape(x), &stds[x], opts.mask_scale, rng);
+    if hardened {
+        // One-time masks on every layer, the first included, drawn per inference by the
+        // trusted core; only their per-channel size is fixed here.
+        layer.mask_rms = stds[x].iter().map(|r| r * opts.mask_scale()).collect();
+    } else if !g.inputs.contains(&x) {
+        // Layers fed straight by a model input see it in the clear (the user's input is
+        // not the vendor's secret); every other layer's input is masked.
+        let mask = draw_mask(g.shape(x), &stds[x], opts.mask_scale(), rng);
         let through = shadownet_kernels::eval("mask", &kind.op(), &[&mask, &weight])?;
         layer.mask_correction = Some(restore::restore_output(
             &layer,
@@ -346,6 +375,201 @@ fn fake_pairs(w: &Tensor, axis: usize, ratio: f32, rng: &mut Rng) -> (Tensor, Re
         fake_scale: alpha,
     };
     (Tensor { shape, data }, restore)
+}
+
+/// Filter i of `w` along `axis`, as a vector.
+fn filter(w: &Tensor, axis: usize, i: usize) -> Vec<f32> {
+    let outer: usize = w.shape[..axis].iter().product();
+    let n = w.shape[axis];
+    let inner: usize = w.shape[axis + 1..].iter().product();
+    (0..outer)
+        .flat_map(|o| w.data[(o * n + i) * inner..][..inner].iter().copied())
+        .collect()
+}
+
+fn rms(v: &[f32]) -> f32 {
+    let r =
+        (v.iter().map(|&x| x as f64 * x as f64).sum::<f64>() / v.len().max(1) as f64).sqrt() as f32;
+    if r.is_normal() {
+        r
+    } else {
+        1.0
+    }
+}
+
+/// A fake filter with the second-order statistics of `reals`: a random Gaussian
+/// combination of them, so no statistic of a single filter tells it apart.
+fn fake_like(reals: &[Vec<f32>], rng: &mut Rng) -> Vec<f32> {
+    let len = reals.first().map_or(0, |r| r.len());
+    let coeffs = rng.normals(reals.len(), 1.0 / (reals.len().max(1) as f32).sqrt());
+    let mut f = vec![0f32; len];
+    for (r, c) in reals.iter().zip(coeffs) {
+        for (d, &v) in f.iter_mut().zip(r) {
+            *d += c * v;
+        }
+    }
+    f
+}
+
+/// A random well-conditioned invertible h×h matrix A = Q·D and its inverse, row-major.
+/// Q = P·S₁·C·S₂ spreads every filter evenly over the group (C is the orthonormal DCT-II
+/// matrix, |C_ij| ≤ √(2/h); P a random row permutation, S random signs), so no public
+/// filter is dominated by one real filter; D is diagonal in [0.75, 1.33].
+fn random_mixing(h: usize, rng: &mut Rng) -> (Vec<f32>, Vec<f32>) {
+    let pi = std::f64::consts::PI;
+    let rows = rng.permutation(h);
+    let s1: Vec<f64> = (0..h)
+        .map(|_| if rng.below(2) == 0 { 1.0 } else { -1.0 })
+        .collect();
+    let s2: Vec<f64> = (0..h)
+        .map(|_| if rng.below(2) == 0 { 1.0 } else { -1.0 })
+        .collect();
+    let q = |r: usize, c: usize| {
+        let k = rows[r];
+        let norm = if k == 0 {
+            (1.0 / h as f64).sqrt()
+        } else {
+            (2.0 / h as f64).sqrt()
+        };
+        s1[r] * norm * (pi * (2 * c + 1) as f64 * k as f64 / (2 * h) as f64).cos() * s2[c]
+    };
+    let d: Vec<f64> = (0..h).map(|_| rng.uniform(0.75, 1.33) as f64).collect();
+    // A[r][c] = Q[r][c]·d[c]; A⁻¹ = D⁻¹·Qᵀ, so A⁻¹[c][r] = Q[r][c] / d[c].
+    let mut a = vec![0f32; h * h];
+    let mut inv = vec![0f32; h * h];
+    for r in 0..h {
+        for c in 0..h {
+            a[r * h + c] = (q(r, c) * d[c]) as f32;
+            inv[c * h + r] = (q(r, c) / d[c]) as f32;
+        }
+    }
+    (a, inv)
+}
+
+/// Filters mixed per group of up to this many public channels (restoration costs this
+/// many multiply-adds per output element).
+pub const MIX_GROUP: usize = 8;
+
+/// The hardened transform for dense-like layers (conv with one group, transposed conv,
+/// dense), along `axis` of `w`:
+/// 1. fakes are random combinations of the layer's own filters (same statistics);
+/// 2. real and fake filters are normalised to unit RMS (a secret scale per filter) and
+///    randomly permuted;
+/// 3. each run of `MIX_GROUP` consecutive public channels is a secret random invertible
+///    mixture A·B of the filters B placed there.
+///
+/// Restoring real filter i takes the row of A⁻¹ for its slot: ≤ MIX_GROUP taps.
+fn mixed_groups(w: &Tensor, axis: usize, ratio: f32, rng: &mut Rng) -> (Tensor, Restore) {
+    let outer: usize = w.shape[..axis].iter().product();
+    let n = w.shape[axis];
+    let inner: usize = w.shape[axis + 1..].iter().product();
+    let m = ((ratio * n as f32).ceil() as usize).max(n + 1);
+    let reals: Vec<Vec<f32>> = (0..n).map(|i| filter(w, axis, i)).collect();
+    let alpha: Vec<f32> = reals.iter().map(|r| rms(r)).collect();
+    let mut bank: Vec<Vec<f32>> = reals
+        .iter()
+        .zip(&alpha)
+        .map(|(r, a)| r.iter().map(|v| v / a).collect())
+        .collect();
+    while bank.len() < m {
+        let f = fake_like(&reals, rng);
+        let a = rms(&f);
+        bank.push(f.into_iter().map(|v| v / a).collect());
+    }
+    // slot[t] = bank index placed at public channel t.
+    let slot = rng.permutation(m);
+    let mut public = vec![vec![0f32; outer * inner]; m];
+    let mut taps: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n];
+    // Groups of near-equal size, none above MIX_GROUP.
+    let ngroups = m.div_ceil(MIX_GROUP);
+    let mut start = 0;
+    for gi in 0..ngroups {
+        let h = m / ngroups + usize::from(gi < m % ngroups);
+        let (a, inv) = random_mixing(h, rng);
+        for r in 0..h {
+            let dst = &mut public[start + r];
+            for c in 0..h {
+                let coef = a[r * h + c];
+                for (d, &v) in dst.iter_mut().zip(&bank[slot[start + c]]) {
+                    *d += coef * v;
+                }
+            }
+        }
+        for c in 0..h {
+            let b = slot[start + c];
+            if b < n {
+                taps[b] = (0..h)
+                    .map(|r| ((start + r) as u32, inv[c * h + r] * alpha[b]))
+                    .collect();
+            }
+        }
+        start += h;
+    }
+    let mut data = vec![0f32; outer * m * inner];
+    for (t, f) in public.iter().enumerate() {
+        for o in 0..outer {
+            data[(o * m + t) * inner..][..inner].copy_from_slice(&f[o * inner..][..inner]);
+        }
+    }
+    let mut shape = w.shape.clone();
+    shape[axis] = m;
+    (
+        Tensor { shape, data },
+        Restore::Mix {
+            taps,
+            in_perm: Vec::new(),
+        },
+    )
+}
+
+/// The hardened transform for depthwise convs: input channels are shuffled, and every
+/// real filter gets a fake partner (a random combination of the layer's other filters)
+/// applied to the same input channel; the pair is published only as a secret 2×2 mixture,
+/// so the accelerator runs the layer with twice the channel multiplier.
+fn mixed_depthwise(w: &Tensor, groups: usize, rng: &mut Rng) -> (Tensor, Restore) {
+    let o = w.shape[0];
+    let per: usize = w.shape[1..].iter().product();
+    let og = o / groups;
+    let reals: Vec<Vec<f32>> = (0..o)
+        .map(|i| w.data[i * per..(i + 1) * per].to_vec())
+        .collect();
+    let perm = rng.permutation(groups);
+    let mut data = vec![0f32; 2 * o * per];
+    let mut taps: Vec<Vec<(u32, f32)>> = vec![Vec::new(); o];
+    for (q, &p) in perm.iter().enumerate() {
+        for r in 0..og {
+            let real = p * og + r;
+            let alpha = rms(&reals[real]);
+            let fake = fake_like(&reals, rng);
+            let fa = rms(&fake);
+            let pair = [
+                reals[real].iter().map(|v| v / alpha).collect::<Vec<f32>>(),
+                fake.iter().map(|v| v / fa).collect(),
+            ];
+            let (a, inv) = random_mixing(2, rng);
+            let base = q * 2 * og + 2 * r;
+            for row in 0..2 {
+                let dst = &mut data[(base + row) * per..][..per];
+                for c in 0..2 {
+                    for (d, &v) in dst.iter_mut().zip(&pair[c]) {
+                        *d += a[row * 2 + c] * v;
+                    }
+                }
+            }
+            taps[real] = (0..2)
+                .map(|row| ((base + row) as u32, inv[row] * alpha))
+                .collect();
+        }
+    }
+    let mut shape = w.shape.clone();
+    shape[0] = 2 * o;
+    (
+        Tensor { shape, data },
+        Restore::Mix {
+            taps,
+            in_perm: perm.iter().map(|&p| p as u32).collect(),
+        },
+    )
 }
 
 /// ShuffleChannel for grouped and depthwise convs: groups are permuted and every output

@@ -9,7 +9,10 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 use shadownet_ir::{Graph, Tensor};
 
-use crate::format::{SecretModel, PUBLIC_MAGIC};
+use crate::format::{PublicPackage, Scheme, SecretModel, PUBLIC_MAGIC};
+use crate::freivalds;
+use crate::onetime::{self, Gaussian};
+use crate::platform::Platform;
 use crate::restore;
 use crate::seal::{self, SealError};
 
@@ -19,8 +22,16 @@ pub enum HostToTee {
     /// Open a package: the public part's bytes (their hash binds the secret to them) and
     /// the sealed secret.
     Open { public: Vec<u8>, sealed: Vec<u8> },
-    /// Start one inference on the model inputs, in model-input order.
-    Begin { inputs: Vec<Tensor> },
+    /// Start one inference on the model inputs, in model-input order. Hardened packages
+    /// take the next sealed mask-pool entry, or compute masks on the spot when the pool is
+    /// empty and `allow_slow_masks` is set.
+    Begin {
+        inputs: Vec<Tensor>,
+        pool_entry: Option<Vec<u8>>,
+        allow_slow_masks: bool,
+    },
+    /// Make `count` one-time mask entries (hardened packages), sealed for the host to keep.
+    Precompute { count: u32 },
     /// The accelerator's output for the layer last requested.
     LinearDone { layer: u32, output: Tensor },
 }
@@ -42,6 +53,10 @@ pub enum TeeToHost {
     },
     Done {
         outputs: Vec<Tensor>,
+    },
+    /// Sealed mask-pool entries, in the order they must be used.
+    Pool {
+        entries: Vec<Vec<u8>>,
     },
     Failed {
         error: TeeError,
@@ -66,6 +81,18 @@ pub enum TeeError {
     Kernel(String),
     /// An earlier error left the core unusable; open the package again.
     Poisoned(Box<TeeError>),
+    /// An outsourced result failed the randomised integrity check.
+    Integrity(String),
+    /// No mask-pool entry was given and on-the-spot masks were not allowed.
+    PoolEmpty,
+    /// A mask-pool entry already used (index below the monotonic counter).
+    PoolReplayed { index: u64, expected: u64 },
+    /// A mask-pool entry from further ahead (entries skipped or reordered).
+    PoolOutOfOrder { index: u64, expected: u64 },
+    /// A mask-pool entry that does not open or does not fit the package.
+    PoolCorrupt,
+    /// The platform's monotonic counter could not be advanced.
+    Storage,
 }
 
 impl fmt::Display for TeeError {
@@ -79,6 +106,12 @@ impl fmt::Display for TeeError {
             TeeError::BadInput(s) => write!(f, "bad input: {s}"),
             TeeError::Kernel(s) => write!(f, "trusted op failed: {s}"),
             TeeError::Poisoned(e) => write!(f, "trusted core stopped after an earlier error: {e}"),
+            TeeError::Integrity(s) => write!(f, "the accelerator's result failed the integrity check: {s}"),
+            TeeError::PoolEmpty => write!(f, "the one-time mask pool is empty: run `shadownet precompute PKG --key KEY --count N`, or pass --allow-slow-masks to compute masks on the spot"),
+            TeeError::PoolReplayed { index, expected } => write!(f, "mask-pool entry {index} was already used (next is {expected}): replayed entry refused"),
+            TeeError::PoolOutOfOrder { index, expected } => write!(f, "mask-pool entry {index} is out of order (next must be {expected}): reordered or skipped entries refused"),
+            TeeError::PoolCorrupt => write!(f, "a mask-pool entry does not open: altered, or made for another package or device"),
+            TeeError::Storage => write!(f, "the trusted monotonic counter could not be updated"),
         }
     }
 }
@@ -88,10 +121,18 @@ struct Run {
     next: usize,
     /// (layer, node) waiting for the accelerator.
     waiting: Option<(u32, usize)>,
+    /// Hardened: this inference's mask seed and per-layer mask corrections.
+    masks: Option<([u8; 32], Vec<Tensor>)>,
+    /// Hardened: the input sent for the layer in flight, for the integrity check.
+    sent: Option<Tensor>,
+    /// Hardened: source of the check vectors.
+    checker: Option<Gaussian>,
 }
 
 struct Session {
     model: SecretModel,
+    /// Hardened: the public layers (to check results and make masks) and their filter norms.
+    public: Option<(PublicPackage, Vec<Vec<f32>>)>,
     /// For each node, the outsourced layer it is, if any.
     layer_of: Vec<Option<u32>>,
     last_use: Vec<usize>,
@@ -101,14 +142,22 @@ struct Session {
 /// The trusted core. Holds the device secret key; everything else arrives as messages.
 pub struct TrustedCore {
     device_key: [u8; 32],
+    platform: Box<dyn Platform>,
     session: Option<Box<Session>>,
     poisoned: Option<TeeError>,
 }
 
+fn counter_name(id: &[u8; 16], what: &[u8]) -> Vec<u8> {
+    let mut n = id.to_vec();
+    n.extend_from_slice(what);
+    n
+}
+
 impl TrustedCore {
-    pub fn new(device_key: [u8; 32]) -> Self {
+    pub fn new(device_key: [u8; 32], platform: Box<dyn Platform>) -> Self {
         TrustedCore {
             device_key,
+            platform,
             session: None,
             poisoned: None,
         }
@@ -124,8 +173,13 @@ impl TrustedCore {
         }
         let res = match msg {
             HostToTee::Open { public, sealed } => self.open(&public, &sealed),
-            HostToTee::Begin { inputs } => self.begin(inputs),
+            HostToTee::Begin {
+                inputs,
+                pool_entry,
+                allow_slow_masks,
+            } => self.begin(inputs, pool_entry, allow_slow_masks),
             HostToTee::LinearDone { layer, output } => self.linear_done(layer, output),
+            HostToTee::Precompute { count } => self.precompute(count),
         };
         match res {
             Ok(m) => m,
@@ -184,12 +238,25 @@ impl TrustedCore {
             }
         }
         check_graph(g)?;
-        let resident = model.resident_bytes() as u64;
+        let mut resident = model.resident_bytes() as u64;
         let peak = model.peak_activation_bytes(&pkg.layers) as u64;
         let layers = model.layers.len() as u32;
+        let public = match model.scheme {
+            Scheme::ShadowNet => None,
+            Scheme::Hardened => {
+                resident += pkg
+                    .layers
+                    .iter()
+                    .map(|l| l.weight.len() as u64 * 8)
+                    .sum::<u64>();
+                let norms = pkg.layers.iter().map(freivalds::filter_norms).collect();
+                Some((pkg, norms))
+            }
+        };
         self.session = Some(Box::new(Session {
             last_use: model.graph.last_uses(),
             model,
+            public,
             layer_of,
             run: None,
         }));
@@ -206,8 +273,18 @@ impl TrustedCore {
             .ok_or_else(|| TeeError::Protocol("no package is open".into()))
     }
 
-    fn begin(&mut self, inputs: Vec<Tensor>) -> Result<TeeToHost, TeeError> {
-        let s = self.session()?;
+    fn begin(
+        &mut self,
+        inputs: Vec<Tensor>,
+        pool_entry: Option<Vec<u8>>,
+        allow_slow: bool,
+    ) -> Result<TeeToHost, TeeError> {
+        let key = self.device_key;
+        let platform = &mut self.platform;
+        let s = self
+            .session
+            .as_deref_mut()
+            .ok_or_else(|| TeeError::Protocol("no package is open".into()))?;
         let g = &s.model.graph;
         if inputs.len() != g.inputs.len() {
             return Err(TeeError::BadInput(format!(
@@ -227,12 +304,91 @@ impl TrustedCore {
             }
             vals[id] = Some(t);
         }
+        let (masks, checker) = match &s.public {
+            None => (None, None),
+            Some((pkg, _)) => {
+                let id = s.model.conversion_id;
+                let masks = match pool_entry {
+                    Some(bytes) => {
+                        let index = onetime::entry_index(&bytes).ok_or(TeeError::PoolCorrupt)?;
+                        let name = counter_name(&id, b"consumed");
+                        let expected = platform.counter(&name);
+                        if index < expected {
+                            return Err(TeeError::PoolReplayed { index, expected });
+                        }
+                        if index > expected {
+                            return Err(TeeError::PoolOutOfOrder { index, expected });
+                        }
+                        let e =
+                            onetime::open_entry(&key, &id, &bytes).ok_or(TeeError::PoolCorrupt)?;
+                        if e.corrections.len() != s.model.layers.len() {
+                            return Err(TeeError::PoolCorrupt);
+                        }
+                        // Spent before use: a crash mid-inference must not allow a reuse.
+                        platform
+                            .advance_counter(&name, index + 1)
+                            .map_err(|_| TeeError::Storage)?;
+                        (e.seed, e.corrections)
+                    }
+                    None if allow_slow => {
+                        let mut seed = [0u8; 32];
+                        platform.random(&mut seed);
+                        let c = onetime::corrections(seed, g, &s.model.layers, &pkg.layers)
+                            .map_err(TeeError::Kernel)?;
+                        (seed, c)
+                    }
+                    None => return Err(TeeError::PoolEmpty),
+                };
+                let mut cseed = [0u8; 32];
+                platform.random(&mut cseed);
+                (Some(masks), Some(Gaussian::new(cseed, 0)))
+            }
+        };
         s.run = Some(Run {
             vals,
             next: 0,
             waiting: None,
+            masks,
+            sent: None,
+            checker,
         });
         s.advance()
+    }
+
+    fn precompute(&mut self, count: u32) -> Result<TeeToHost, TeeError> {
+        let key = self.device_key;
+        let platform = &mut self.platform;
+        let s = self
+            .session
+            .as_deref_mut()
+            .ok_or_else(|| TeeError::Protocol("no package is open".into()))?;
+        let Some((pkg, _)) = &s.public else {
+            return Err(TeeError::Protocol(
+                "only hardened packages use a mask pool".into(),
+            ));
+        };
+        let id = s.model.conversion_id;
+        let name = counter_name(&id, b"issued");
+        let first = platform.counter(&name);
+        // Reserve the indices before handing anything out, so none is ever issued twice.
+        platform
+            .advance_counter(&name, first + count as u64)
+            .map_err(|_| TeeError::Storage)?;
+        let mut entries = Vec::with_capacity(count as usize);
+        for i in 0..count as u64 {
+            let mut seed = [0u8; 32];
+            platform.random(&mut seed);
+            let corrections =
+                onetime::corrections(seed, &s.model.graph, &s.model.layers, &pkg.layers)
+                    .map_err(TeeError::Kernel)?;
+            let entry = onetime::PoolEntry {
+                index: first + i,
+                seed,
+                corrections,
+            };
+            entries.push(onetime::seal_entry(&key, &id, &entry));
+        }
+        Ok(TeeToHost::Pool { entries })
     }
 
     fn linear_done(&mut self, layer: u32, output: Tensor) -> Result<TeeToHost, TeeError> {
@@ -264,6 +420,13 @@ impl TrustedCore {
                 output.data[i]
             )));
         }
+        if let (Some((pkg, norms)), Some(sent), Some(checker)) =
+            (&s.public, run.sent.take(), run.checker.as_mut())
+        {
+            let l = layer as usize;
+            freivalds::check(&pkg.layers[l], &norms[l], &sent, &output, checker)
+                .map_err(|e| TeeError::Integrity(format!("layer {layer}: {e}")))?;
+        }
         let g = &s.model.graph;
         let out_id = g.nodes[node].outputs[0];
         let real_shape = g.shape(out_id);
@@ -271,7 +434,15 @@ impl TrustedCore {
             shadownet_ir::Op::MatMul => real_shape.len() - 1,
             _ => 1,
         };
-        let y = restore::restore_output(l, &output, real_shape, axis);
+        let y = match &run.masks {
+            Some((_, corrections)) => {
+                let mut y = restore::unmix(&l.restore, &output, real_shape, axis);
+                restore::sub_assign(&mut y, &corrections[layer as usize]);
+                restore::add_bias(l, &mut y, axis);
+                y
+            }
+            None => restore::restore_output(l, &output, real_shape, axis),
+        };
         run.vals[out_id] = Some(y);
         free_dead(g, &s.last_use, node, &mut run.vals);
         run.waiting = None;
@@ -293,7 +464,17 @@ impl Session {
             let node = &g.nodes[k];
             if let Some(layer) = self.layer_of[k] {
                 let x = fetch(g, &run.vals, node.inputs[0])?;
-                let input = restore::prepare_input(&self.model.layers[layer as usize], x);
+                let sl = &self.model.layers[layer as usize];
+                let input = match &run.masks {
+                    Some((seed, _)) => {
+                        let mut t = restore::shuffle_input(&sl.restore, x);
+                        let m = onetime::mask(*seed, layer as usize, sl, &t.shape);
+                        restore::add_assign(&mut t, &m);
+                        run.sent = Some(t.clone());
+                        t
+                    }
+                    None => restore::prepare_input(sl, x),
+                };
                 run.waiting = Some((layer, k));
                 return Ok(TeeToHost::RunLinear { layer, input });
             }

@@ -19,12 +19,16 @@ pub enum Scheme {
     /// The ShadowNet paper's scheme: fake-filter pairs, channel shuffle, masks fixed at
     /// conversion.
     ShadowNet,
+    /// Group mixing through secret invertible matrices with fakes drawn from the layer's
+    /// own weights, one-time masks on every layer, and a Freivalds check of every result.
+    Hardened,
 }
 
 impl Scheme {
     pub fn name(&self) -> &'static str {
         match self {
             Scheme::ShadowNet => "shadownet",
+            Scheme::Hardened => "hardened",
         }
     }
 }
@@ -95,6 +99,13 @@ pub enum Restore {
         perm: Vec<u32>,
         scale: Vec<f32>,
     },
+    /// The hardened LinearTransform: real channel i = Σ (coeff · y'[pos]) over `taps[i]`.
+    /// When `in_perm` is not empty the input's channel blocks are permuted first, public
+    /// block q holding real block in_perm[q] (depthwise layers).
+    Mix {
+        taps: Vec<Vec<(u32, f32)>>,
+        in_perm: Vec<u32>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -110,6 +121,8 @@ pub struct SecretLayer {
     pub mask: Option<Tensor>,
     /// The restored image of the mask, `restore(public_op(mask))`, subtracted after restoring.
     pub mask_correction: Option<Tensor>,
+    /// Hardened scheme: per-channel standard deviation of the one-time masks.
+    pub mask_rms: Vec<f32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -139,10 +152,14 @@ impl SecretModel {
                 let r = match &l.restore {
                     Restore::FakePairs { scale, .. } => scale.len() * 16,
                     Restore::GroupShuffle { perm, scale, .. } => perm.len() * 4 + scale.len() * 4,
+                    Restore::Mix { taps, in_perm } => {
+                        taps.iter().map(|t| t.len() * 8).sum::<usize>() + in_perm.len() * 4
+                    }
                 };
                 r + l.bias.as_ref().map_or(0, |b| b.len() * 4)
                     + l.mask.as_ref().map_or(0, |t| t.len() * 4)
                     + l.mask_correction.as_ref().map_or(0, |t| t.len() * 4)
+                    + l.mask_rms.len() * 4
             })
             .sum();
         consts + layers

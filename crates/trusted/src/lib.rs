@@ -12,6 +12,9 @@ extern crate alloc;
 
 mod core;
 pub mod format;
+pub mod freivalds;
+pub mod onetime;
+pub mod platform;
 pub mod restore;
 pub mod seal;
 
@@ -19,3 +22,4 @@ pub use crate::core::{decode_public, HostToTee, TeeError, TeeToHost, TrustedCore
 pub use format::{
     LinearKind, PublicLayer, PublicPackage, Restore, Scheme, SecretLayer, SecretModel,
 };
+pub use platform::{CounterError, Platform};

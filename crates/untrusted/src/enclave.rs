@@ -4,12 +4,82 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-use shadownet_trusted::{HostToTee, TeeToHost, TrustedCore};
+use shadownet_trusted::{CounterError, HostToTee, Platform, TeeToHost, TrustedCore};
 
 use crate::{Error, Result};
 
 pub trait Enclave: Send {
     fn call(&mut self, msg: HostToTee) -> Result<TeeToHost>;
+}
+
+/// What this machine offers in place of a TEE's platform: the OS random source, and
+/// monotonic counters in a file beside the device key, replaced atomically on update.
+/// (On a device these are the TEE's RNG and its rollback-protected storage; a file can be
+/// rolled back by whoever owns the disk, which is why real deployments use RPMB.)
+pub struct FilePlatform {
+    path: std::path::PathBuf,
+}
+
+impl FilePlatform {
+    /// Counters for the key at `key_file` live in `<key_file>.counters`.
+    pub fn beside_key(key_file: &Path) -> Self {
+        let mut p = key_file.as_os_str().to_owned();
+        p.push(".counters");
+        FilePlatform { path: p.into() }
+    }
+
+    fn load(&self) -> Vec<(String, u64)> {
+        std::fs::read_to_string(&self.path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Platform for FilePlatform {
+    fn random(&mut self, buf: &mut [u8]) {
+        use rand_core::RngCore;
+        rand_core::OsRng.fill_bytes(buf)
+    }
+
+    fn counter(&mut self, name: &[u8]) -> u64 {
+        let k = hex(name);
+        self.load()
+            .into_iter()
+            .find(|(n, _)| *n == k)
+            .map_or(0, |(_, v)| v)
+    }
+
+    fn advance_counter(
+        &mut self,
+        name: &[u8],
+        value: u64,
+    ) -> std::result::Result<(), CounterError> {
+        let k = hex(name);
+        let mut all = self.load();
+        match all.iter_mut().find(|(n, _)| *n == k) {
+            Some((_, v)) if *v >= value => return Err(CounterError::NotMonotonic),
+            Some((_, v)) => *v = value,
+            None => all.push((k, value)),
+        }
+        let text: String = all.iter().map(|(n, v)| format!("{n} {v}\n")).collect();
+        let tmp = self.path.with_extension("counters.partial");
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        };
+        write().map_err(|_| CounterError::Storage)
+    }
 }
 
 /// The trusted core in this process, run on a pool of one thread: a TEE gets one core.
@@ -19,13 +89,13 @@ pub struct InProcEnclave {
 }
 
 impl InProcEnclave {
-    pub fn new(device_key: [u8; 32]) -> Result<Self> {
+    pub fn new(device_key: [u8; 32], platform: Box<dyn Platform>) -> Result<Self> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
             .map_err(|e| Error::Enclave(format!("cannot start the trusted thread: {e}")))?;
         Ok(InProcEnclave {
-            core: TrustedCore::new(device_key),
+            core: TrustedCore::new(device_key, platform),
             pool,
         })
     }
@@ -137,4 +207,43 @@ pub fn serve(
         write_frame(output, &bytes)?;
     }
     Ok(())
+}
+
+/// OS randomness with counters kept in memory: for tests and benchmarks, where nothing
+/// outlives the process.
+#[derive(Default)]
+pub struct MemoryPlatform {
+    counters: Vec<(Vec<u8>, u64)>,
+}
+
+impl Platform for MemoryPlatform {
+    fn random(&mut self, buf: &mut [u8]) {
+        use rand_core::RngCore;
+        rand_core::OsRng.fill_bytes(buf)
+    }
+
+    fn counter(&mut self, name: &[u8]) -> u64 {
+        self.counters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, v)| *v)
+    }
+
+    fn advance_counter(
+        &mut self,
+        name: &[u8],
+        value: u64,
+    ) -> std::result::Result<(), CounterError> {
+        match self.counters.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) if *v >= value => Err(CounterError::NotMonotonic),
+            Some((_, v)) => {
+                *v = value;
+                Ok(())
+            }
+            None => {
+                self.counters.push((name.to_vec(), value));
+                Ok(())
+            }
+        }
+    }
 }

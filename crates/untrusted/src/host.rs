@@ -17,6 +17,15 @@ pub struct SecureModel {
     pub peak_activation_bytes: u64,
     /// Round trips of the last inference.
     pub last_round_trips: usize,
+    /// Where sealed one-time mask entries are kept (hardened packages).
+    pool_dir: Option<std::path::PathBuf>,
+    /// Let the trusted core make masks on the spot when the pool is empty.
+    pub allow_slow_masks: bool,
+}
+
+/// Pool entries are files named by their 16-digit index, used in order.
+fn entry_name(index: u64) -> String {
+    format!("{index:016}.entry")
 }
 
 fn read(p: &Path) -> Result<Vec<u8>> {
@@ -36,7 +45,9 @@ impl SecureModel {
     ) -> Result<Self> {
         let public_bytes = read(&pkg.join(PUBLIC_FILE))?;
         let sealed = read(&pkg.join(SECRET_FILE))?;
-        Self::from_parts(public_bytes, sealed, enclave, accel)
+        let mut m = Self::from_parts(public_bytes, sealed, enclave, accel)?;
+        m.pool_dir = Some(pkg.join("pool"));
+        Ok(m)
     }
 
     pub fn from_parts(
@@ -62,6 +73,8 @@ impl SecureModel {
                 resident_bytes,
                 peak_activation_bytes,
                 last_round_trips: 0,
+                pool_dir: None,
+                allow_slow_masks: false,
             }),
             TeeToHost::Failed { error } => Err(Error::Tee(error)),
             other => Err(Error::Protocol(format!(
@@ -73,8 +86,33 @@ impl SecureModel {
 
     /// Runs one inference on the model inputs (in model-input order).
     pub fn infer(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
-        let mut msg = HostToTee::Begin { inputs };
-        self.last_round_trips = 0;
+        let entry = self.next_pool_entry()?;
+        let mut msg = HostToTee::Begin {
+            inputs,
+            pool_entry: entry.as_ref().map(|(_, b)| b.clone()),
+            allow_slow_masks: self.allow_slow_masks,
+        };
+        // The trusted core has spent the entry once Begin is answered (whatever the
+        // outcome), so it is removed before anything else can fail.
+        let first = self.enclave.call(msg)?;
+        if let Some((path, _)) = entry {
+            let _ = std::fs::remove_file(path);
+        }
+        msg = match first {
+            TeeToHost::RunLinear { layer, input } => {
+                self.last_round_trips = 1;
+                let output = self.accel.run(layer, &input)?;
+                HostToTee::LinearDone { layer, output }
+            }
+            TeeToHost::Done { outputs } => return Ok(outputs),
+            TeeToHost::Failed { error } => return Err(Error::Tee(error)),
+            other => {
+                return Err(Error::Protocol(format!(
+                    "unexpected reply to Begin: {}",
+                    reply_name(&other)
+                )))
+            }
+        };
         loop {
             match self.enclave.call(msg)? {
                 TeeToHost::RunLinear { layer, input } => {
@@ -95,8 +133,92 @@ impl SecureModel {
     }
 }
 
+impl SecureModel {
+    /// The lowest-numbered pool entry file, if any.
+    fn next_pool_entry(&self) -> Result<Option<(std::path::PathBuf, Vec<u8>)>> {
+        let Some(dir) = &self.pool_dir else {
+            return Ok(None);
+        };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return Ok(None);
+        };
+        let mut names: Vec<std::path::PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "entry"))
+            .collect();
+        names.sort();
+        match names.into_iter().next() {
+            Some(p) => {
+                let b = read(&p)?;
+                Ok(Some((p, b)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Entries left in the pool.
+    pub fn pool_len(&self) -> usize {
+        self.pool_dir
+            .as_ref()
+            .and_then(|d| std::fs::read_dir(d).ok())
+            .map_or(0, |rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "entry"))
+                    .count()
+            })
+    }
+
+    /// Has the trusted core make `count` one-time mask entries and stores them in the
+    /// package's pool, calling `progress(done, count)` along the way.
+    pub fn precompute(
+        &mut self,
+        count: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<usize> {
+        let dir = self.pool_dir.clone().ok_or_else(|| {
+            Error::Protocol("this package has no directory for a mask pool".into())
+        })?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
+            path: dir.display().to_string(),
+            source: e,
+        })?;
+        let mut bytes = 0;
+        let mut done = 0;
+        while done < count {
+            let n = (count - done).min(8);
+            let entries = match self
+                .enclave
+                .call(HostToTee::Precompute { count: n as u32 })?
+            {
+                TeeToHost::Pool { entries } => entries,
+                TeeToHost::Failed { error } => return Err(Error::Tee(error)),
+                other => {
+                    return Err(Error::Protocol(format!(
+                        "unexpected reply to Precompute: {}",
+                        reply_name(&other)
+                    )))
+                }
+            };
+            for e in entries {
+                let index = shadownet_trusted::onetime::entry_index(&e)
+                    .ok_or_else(|| Error::Protocol("short pool entry".into()))?;
+                let p = dir.join(entry_name(index));
+                std::fs::write(&p, &e).map_err(|err| Error::Io {
+                    path: p.display().to_string(),
+                    source: err,
+                })?;
+                bytes = e.len();
+                done += 1;
+            }
+            progress(done, count);
+        }
+        Ok(bytes)
+    }
+}
+
 fn reply_name(r: &TeeToHost) -> &'static str {
     match r {
+        TeeToHost::Pool { .. } => "Pool",
         TeeToHost::Opened { .. } => "Opened",
         TeeToHost::RunLinear { .. } => "RunLinear",
         TeeToHost::Done { .. } => "Done",

@@ -6,7 +6,7 @@ pub mod enclave;
 mod host;
 
 pub use accel::{Accelerator, CpuAccelerator, SpyAccelerator};
-pub use enclave::{Enclave, InProcEnclave, ProcessEnclave};
+pub use enclave::{Enclave, FilePlatform, InProcEnclave, MemoryPlatform, ProcessEnclave};
 pub use host::SecureModel;
 
 use shadownet_trusted::TeeError;

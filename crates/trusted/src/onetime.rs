@@ -1,0 +1,175 @@
+//! One-time masks (hardened scheme). Every inference masks every outsourced layer's input
+//! with a mask never used before, derived from a fresh 32-byte seed; its correction
+//! `unmix(public_op(mask))` is either precomputed offline into a sealed pool entry or
+//! computed on the spot. Pool entries carry an index that must match the trusted core's
+//! monotonic counter, so a replayed or reordered entry is refused.
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use hkdf::Hkdf;
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use shadownet_ir::{Graph, Tensor};
+
+use crate::format::{PublicLayer, SecretLayer};
+use crate::restore;
+
+#[derive(Serialize, Deserialize)]
+pub struct PoolEntry {
+    pub index: u64,
+    pub seed: [u8; 32],
+    /// Per outsourced layer: the restored image of its mask.
+    pub corrections: Vec<Tensor>,
+}
+
+/// A reproducible N(0, 1) stream per (seed, layer).
+pub struct Gaussian {
+    rng: ChaCha20Rng,
+    spare: Option<f32>,
+}
+
+impl Gaussian {
+    pub fn new(seed: [u8; 32], stream: u64) -> Self {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        rng.set_stream(stream);
+        Gaussian { rng, spare: None }
+    }
+
+    fn unit(&mut self) -> f64 {
+        ((self.rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+
+    pub fn sample(&mut self) -> f32 {
+        if let Some(v) = self.spare.take() {
+            return v;
+        }
+        let (u1, u2) = (self.unit(), self.unit());
+        let r = libm::sqrt(-2.0 * libm::log(u1));
+        let t = core::f64::consts::TAU * u2;
+        self.spare = Some((r * libm::sin(t)) as f32);
+        (r * libm::cos(t)) as f32
+    }
+
+    pub fn u64(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+}
+
+/// The public-layout mask of layer `k` for input shape `shape`.
+pub fn mask(seed: [u8; 32], k: usize, layer: &SecretLayer, shape: &[usize]) -> Tensor {
+    let mut g = Gaussian::new(seed, k as u64);
+    let n: usize = shape.iter().product();
+    let axis = restore::mask_axis(shape);
+    let c = shape.get(axis).copied().unwrap_or(1).max(1);
+    let inner: usize = shape
+        .get(axis + 1..)
+        .map_or(1, |s| s.iter().product::<usize>().max(1));
+    let mut data = Vec::with_capacity(n);
+    for i in 0..n {
+        let rms = layer.mask_rms.get((i / inner) % c).copied().unwrap_or(1.0);
+        data.push(g.sample() * rms);
+    }
+    // Drawn in the real layout, then shuffled like the input it hides.
+    restore::shuffle_input(
+        &layer.restore,
+        &Tensor {
+            shape: shape.to_vec(),
+            data,
+        },
+    )
+}
+
+/// Corrections for every layer of one inference: what the accelerator will add to each
+/// layer's output because of its mask, in real layout.
+pub fn corrections(
+    seed: [u8; 32],
+    graph: &Graph,
+    secret: &[SecretLayer],
+    public: &[PublicLayer],
+) -> Result<Vec<Tensor>, String> {
+    let mut out = Vec::with_capacity(secret.len());
+    for (k, (sl, pl)) in secret.iter().zip(public).enumerate() {
+        let node = graph
+            .nodes
+            .get(sl.node as usize)
+            .ok_or("layer names a missing node")?;
+        let m = mask(seed, k, sl, &pl.input_shape);
+        let y = shadownet_kernels::eval("mask", &pl.kind.op(), &[&m, &pl.weight])
+            .map_err(|e| format!("{e}"))?;
+        let real = graph.shape(node.outputs[0]);
+        out.push(restore::unmix(
+            &sl.restore,
+            &y[0],
+            real,
+            pl.kind.channel_axis(real.len()),
+        ));
+    }
+    Ok(out)
+}
+
+fn cipher(device_key: &[u8; 32], conversion_id: &[u8; 16]) -> ChaCha20Poly1305 {
+    let hk = Hkdf::<Sha256>::new(Some(conversion_id), device_key);
+    let mut key = [0u8; 32];
+    let _ = hk.expand(b"shadownet/pool/v1", &mut key);
+    ChaCha20Poly1305::new(Key::from_slice(&key))
+}
+
+fn nonce_aad(conversion_id: &[u8; 16], index: u64) -> ([u8; 12], [u8; 24]) {
+    let mut nonce = [0u8; 12];
+    nonce[..8].copy_from_slice(&index.to_le_bytes());
+    let mut aad = [0u8; 24];
+    aad[..16].copy_from_slice(conversion_id);
+    aad[16..].copy_from_slice(&index.to_le_bytes());
+    (nonce, aad)
+}
+
+/// index (8 bytes, little endian) ‖ ChaCha20-Poly1305(entry). Each index is sealed once,
+/// so (key, nonce) pairs never repeat.
+pub fn seal_entry(device_key: &[u8; 32], conversion_id: &[u8; 16], entry: &PoolEntry) -> Vec<u8> {
+    let plain = postcard::to_allocvec(entry).unwrap_or_default();
+    let (nonce, aad) = nonce_aad(conversion_id, entry.index);
+    let ct = cipher(device_key, conversion_id)
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: &plain,
+                aad: &aad,
+            },
+        )
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(8 + ct.len());
+    out.extend_from_slice(&entry.index.to_le_bytes());
+    out.extend_from_slice(&ct);
+    out
+}
+
+pub fn entry_index(bytes: &[u8]) -> Option<u64> {
+    bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+}
+
+pub fn open_entry(
+    device_key: &[u8; 32],
+    conversion_id: &[u8; 16],
+    bytes: &[u8],
+) -> Option<PoolEntry> {
+    let index = entry_index(bytes)?;
+    let (nonce, aad) = nonce_aad(conversion_id, index);
+    let plain = cipher(device_key, conversion_id)
+        .decrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: &bytes[8..],
+                aad: &aad,
+            },
+        )
+        .ok()?;
+    let e: PoolEntry = postcard::from_bytes(&plain).ok()?;
+    (e.index == index).then_some(e)
+}
