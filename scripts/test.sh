@@ -22,3 +22,7 @@ else
 fi
 
 cargo test --workspace --release
+
+# The integrity check against every lying-accelerator mode, 1000 trials each, plus 1000
+# clean runs (ignored by `cargo test` alone: it takes a few minutes).
+cargo test --release -p shadownet --test integrity -- --ignored --nocapture

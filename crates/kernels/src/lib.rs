@@ -16,7 +16,7 @@ mod par;
 pub mod pool;
 
 pub use error::{Error, Result};
-pub use par::threads;
+pub use par::{sequential, threads};
 
 use alloc::vec;
 use alloc::vec::Vec;

@@ -1,10 +1,36 @@
 //! The one place that decides between the rayon pool (host) and a plain loop (trusted core).
 
+#[cfg(feature = "rayon")]
+std::thread_local! {
+    static SEQUENTIAL: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every kernel on this thread single-threaded: how the host runs the
+/// trusted core in-process, with a TEE's single core, without handing each call to
+/// another thread.
+pub fn sequential<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(feature = "rayon")]
+    {
+        let before = SEQUENTIAL.with(|s| s.replace(true));
+        let r = f();
+        SEQUENTIAL.with(|s| s.set(before));
+        r
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        f()
+    }
+}
+
 /// Number of worker threads available to kernels.
 pub fn threads() -> usize {
     #[cfg(feature = "rayon")]
     {
-        rayon::current_num_threads()
+        if SEQUENTIAL.with(|s| s.get()) {
+            1
+        } else {
+            rayon::current_num_threads()
+        }
     }
     #[cfg(not(feature = "rayon"))]
     {

@@ -82,21 +82,15 @@ impl Platform for FilePlatform {
     }
 }
 
-/// The trusted core in this process, run on a pool of one thread: a TEE gets one core.
+/// The trusted core in this process, its kernels held to one thread: a TEE gets one core.
 pub struct InProcEnclave {
     core: TrustedCore,
-    pool: rayon::ThreadPool,
 }
 
 impl InProcEnclave {
     pub fn new(device_key: [u8; 32], platform: Box<dyn Platform>) -> Result<Self> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .map_err(|e| Error::Enclave(format!("cannot start the trusted thread: {e}")))?;
         Ok(InProcEnclave {
             core: TrustedCore::new(device_key, platform),
-            pool,
         })
     }
 }
@@ -104,7 +98,7 @@ impl InProcEnclave {
 impl Enclave for InProcEnclave {
     fn call(&mut self, msg: HostToTee) -> Result<TeeToHost> {
         let core = &mut self.core;
-        Ok(self.pool.install(|| core.handle(msg)))
+        Ok(shadownet_kernels::sequential(|| core.handle(msg)))
     }
 }
 

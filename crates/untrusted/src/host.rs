@@ -3,7 +3,7 @@ use std::path::Path;
 
 use shadownet_ir::Tensor;
 use shadownet_trusted::format::{PUBLIC_FILE, SECRET_FILE};
-use shadownet_trusted::{decode_public, HostToTee, PublicPackage, TeeToHost};
+use shadownet_trusted::{decode_public, HostToTee, PublicPackage, TeeError, TeeToHost};
 
 use crate::{Accelerator, Enclave, Error, Result};
 
@@ -92,11 +92,21 @@ impl SecureModel {
             pool_entry: entry.as_ref().map(|(_, b)| b.clone()),
             allow_slow_masks: self.allow_slow_masks,
         };
-        // The trusted core has spent the entry once Begin is answered (whatever the
-        // outcome), so it is removed before anything else can fail.
         let first = self.enclave.call(msg)?;
+        // An entry the trusted core took, or refused as spent or unreadable, is useless
+        // from now on; one refused as out of order stays for its turn.
         if let Some((path, _)) = entry {
-            let _ = std::fs::remove_file(path);
+            let keep = matches!(
+                &first,
+                TeeToHost::Failed {
+                    error: TeeError::PoolOutOfOrder { .. }
+                        | TeeError::Poisoned(_)
+                        | TeeError::BadInput(_)
+                }
+            );
+            if !keep {
+                let _ = std::fs::remove_file(path);
+            }
         }
         msg = match first {
             TeeToHost::RunLinear { layer, input } => {
