@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs both attacks on the paper's five models under the shadownet scheme and writes the
-# results table into docs/security.md (between the GENERATED markers).
+# Runs both attacks on the paper's five models under both schemes (shadownet, hardened)
+# and writes the results tables into docs/security.md (between the GENERATED markers).
 # Usage: scripts/security.sh [QUERIES]   (default 32 chosen-input runs per model)
+# Hardened packages are queried with fresh one-time masks drawn on the spot by the trusted
+# core (`attack` sets allow_slow_masks), so mask-reuse runs take longer there.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -9,37 +11,57 @@ FIX="${SHADOWNET_FIXTURES:-$REPO/target/fixtures}"
 Q="${1:-32}"
 SEED=7
 MODELS=(mobilenet_v1 resnet44 resnet404 minivgg yolov4_tiny)
+SCHEMES=(shadownet hardened)
 [[ -f "$FIX/models/resnet44.onnx" ]] || "$REPO/scripts/make-fixtures.sh"
 [[ -n "${SHADOWNET_NO_BUILD:-}" ]] || cargo build --release -q -p shadownet
-BIN="$REPO/target/release/shadownet"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
+# A private copy: a concurrent build replacing target/release/shadownet mid-run is harmless.
+BIN="$WORK/shadownet"
+cp "$REPO/target/release/shadownet" "$BIN"
 "$BIN" keygen -o "$WORK/keys" >/dev/null
-for m in "${MODELS[@]}"; do
-    echo "security: $m" >&2
-    "$BIN" convert "$FIX/models/$m.onnx" --to "$WORK/keys/device.pub" -o "$WORK/$m" --seed "$SEED" >/dev/null 2>&1
-    "$BIN" attack "$WORK/$m" --key "$WORK/keys/device.key" --reference "$FIX/models/$m.onnx" \
-        --kind all --json --queries "$Q" --seed 1 > "$WORK/$m.json"
+for s in "${SCHEMES[@]}"; do
+    for m in "${MODELS[@]}"; do
+        echo "security: $s $m" >&2
+        "$BIN" convert "$FIX/models/$m.onnx" --to "$WORK/keys/device.pub" -o "$WORK/$s-$m" \
+            --seed "$SEED" --scheme "$s" >/dev/null 2>&1
+        "$BIN" attack "$WORK/$s-$m" --key "$WORK/keys/device.key" --reference "$FIX/models/$m.onnx" \
+            --kind all --json --queries "$Q" --seed 1 > "$WORK/$s-$m.json"
+        rm -rf "${WORK:?}/$s-$m"
+    done
 done
-python3 - "$WORK" "$Q" "$SEED" "${MODELS[@]}" <<'PY'
+python3 - "$WORK" "$Q" "$SEED" "${#SCHEMES[@]}" "${SCHEMES[@]}" "${MODELS[@]}" <<'PY'
 import json, sys, re
-work, q, seed, models = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
-rows = ["| model | fake-pair filters recovered (cos ≥ 0.95) | mean best cos | black-box baseline (recovered / mean cos) | depthwise filters (scaled+shuffled) | masked layers | activations: corr ≥ 0.95 | activations: rel err < 0.05 | median rel err |",
-        "|---|---|---|---|---|---|---|---|---|"]
-for m in models:
-    r = json.load(open(f"{work}/{m}.json"))
-    fp, dw, mr = r["fake_partner"]["fake_pairs"], r["fake_partner"]["depthwise"], r["mask_reuse"]
-    dws = f'{dw["recovered"]}/{dw["filters"]} (cos {dw["mean_cos"]:.3f})' if dw["filters"] else "—"
-    rows.append(f'| {m} | {fp["recovered"]}/{fp["filters"]} ({100*fp["fraction"]:.1f}%) | {fp["mean_cos"]:.3f} | '
-                f'{100*fp["baseline_fraction"]:.1f}% / {fp["baseline_mean_cos"]:.3f} | {dws} | {mr["masked_layers"]} | '
-                f'{mr["recovered_corr"]} ({100*mr["recovered_corr_fraction"]:.0f}%) | {mr["recovered"]} ({100*mr["recovered_fraction"]:.0f}%) | {mr["median_rel_err"]:.3f} |')
-table = "\n".join(rows)
+work, q, seed, ns = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+schemes, models = sys.argv[5:5 + ns], sys.argv[5 + ns:]
+BANK = {"shadownet": "fake-pair", "hardened": "mixed-group"}
+DW = {"shadownet": "scaled+shuffled", "hardened": "2×2 real/fake mixtures"}
+parts = []
+for s in schemes:
+    rows = [f"| model | {BANK[s]} filters recovered (cos ≥ 0.95) | mean best cos | black-box baseline (recovered / mean cos) | "
+            f"depthwise filters ({DW[s]}): recovered, mean cos / baseline | masked layers | activations: corr ≥ 0.95 | "
+            "activations: rel err < 0.05 | median rel err |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for m in models:
+        r = json.load(open(f"{work}/{s}-{m}.json"))
+        assert r["scheme"] == s, (r["scheme"], s)
+        fp, dw, mr = r["fake_partner"]["fake_pairs"], r["fake_partner"]["depthwise"], r["mask_reuse"]
+        dws = (f'{dw["recovered"]}/{dw["filters"]} ({100*dw["fraction"]:.1f}%), cos {dw["mean_cos"]:.3f} / '
+               f'{100*dw["baseline_fraction"]:.1f}%, {dw["baseline_mean_cos"]:.3f}') if dw["filters"] else "—"
+        rows.append(f'| {m} | {fp["recovered"]}/{fp["filters"]} ({100*fp["fraction"]:.1f}%) | {fp["mean_cos"]:.3f} | '
+                    f'{100*fp["baseline_fraction"]:.1f}% / {fp["baseline_mean_cos"]:.3f} | {dws} | {mr["masked_layers"]} | '
+                    f'{mr["recovered_corr"]} ({100*mr["recovered_corr_fraction"]:.0f}%) | {mr["recovered"]} ({100*mr["recovered_fraction"]:.0f}%) | '
+                    f'{mr["median_rel_err"]:.3f} |')
+    parts.append(f"Scheme `{s}`:\n\n" + "\n".join(rows))
+tables = "\n\n".join(parts)
 body = (f"<!-- GENERATED by scripts/security.sh: do not edit by hand -->\n"
-        f"Scheme `shadownet`, ratio 1.2, `convert --seed {seed}`, attacker seed 1, {q} chosen-input runs for mask-reuse.\n\n"
-        f"{table}\n<!-- END GENERATED -->")
+        f"Ratio 1.2, `convert --seed {seed}`, attacker seed 1, {q} chosen-input runs for mask-reuse.\n\n"
+        f"{tables}\n<!-- END GENERATED -->")
 path = "docs/security.md"
 doc = open(path).read()
-doc = re.sub(r"<!-- GENERATED by scripts/security.sh.*?<!-- END GENERATED -->", lambda _: body, doc, flags=re.S)
+doc, n = re.subn(r"<!-- GENERATED by scripts/security.sh.*?<!-- END GENERATED -->", lambda _: body, doc, flags=re.S)
+if n != 1:
+    sys.exit("security.sh: docs/security.md has no GENERATED block")
 open(path, "w").write(doc)
-print(table)
+print(tables)
 PY

@@ -110,7 +110,11 @@ impl SpyOracle {
     pub fn open(pkg: &Path, key: &Path) -> Result<Self> {
         let spy = SpyAccelerator::new(CpuAccelerator::new());
         let seen = spy.seen.clone();
-        let model = secure::open(pkg, key, EnclaveMode::Inproc, Box::new(spy))?;
+        let mut model = secure::open(pkg, key, EnclaveMode::Inproc, Box::new(spy))?;
+        // Hardened packages need a one-time mask per inference: the trusted core draws them
+        // on the spot (an attacker running its own device could equally precompute a pool;
+        // either way every query gets fresh masks). No effect on shadownet packages.
+        model.allow_slow_masks = true;
         Ok(SpyOracle { model, seen })
     }
 
@@ -179,6 +183,7 @@ pub struct FilterLayer {
     pub layer: usize,
     pub op: String,
     pub depthwise: bool,
+    pub protection: Protection,
     pub real_filters: usize,
     pub public_filters: usize,
     pub dim: usize,
@@ -212,9 +217,11 @@ impl Totals {
 #[derive(Clone, Debug)]
 pub struct FakePartnerReport {
     pub layers: Vec<FilterLayer>,
-    /// Fake-pair layers (Conv, ConvTranspose, MatMul).
+    /// Fake-pair layers (Conv, ConvTranspose, MatMul); under the hardened scheme these are
+    /// the mixed-group banks.
     pub fake_pairs: Totals,
-    /// Group-shuffled (depthwise/grouped) layers: scaled and shuffled only.
+    /// Depthwise/grouped layers: scaled and shuffled only (shadownet), or published as 2×2
+    /// real/fake mixtures (hardened).
     pub depthwise: Totals,
 }
 
@@ -241,7 +248,7 @@ pub fn fake_partner(public: &PublicPackage, g: &Graph, seed: u64) -> Result<Fake
     let mut layers = Vec::new();
     for (k, (l, &n)) in public.layers.iter().zip(&nodes).enumerate() {
         // The attack: public data only.
-        let rec = fake_partner::attack_layer(l);
+        let rec = fake_partner::attack_layer(l, public.scheme);
         // Scoring: the reference's real filters.
         let w = g
             .constant(g.nodes[n].inputs[1])
@@ -262,7 +269,8 @@ pub fn fake_partner(public: &PublicPackage, g: &Graph, seed: u64) -> Result<Fake
         layers.push(FilterLayer {
             layer: k,
             op: op_name(&l.kind),
-            depthwise: rec.protection == Protection::GroupShuffle,
+            depthwise: rec.protection.depthwise(),
+            protection: rec.protection,
             real_filters: nreal,
             public_filters: rec.public_filters,
             dim: d,
@@ -625,10 +633,11 @@ impl Report {
                 }
                 let _ = write!(
                     s,
-                    "{{\"layer\":{},\"op\":{},\"depthwise\":{},\"real_filters\":{},\"public_filters\":{},\"dim\":{},\"fakes_found\":{},\"guesses\":{},\"recovered\":{},\"fraction\":{},\"mean_cos\":{},\"baseline_recovered\":{},\"baseline_fraction\":{},\"baseline_mean_cos\":{}}}",
+                    "{{\"layer\":{},\"op\":{},\"depthwise\":{},\"protection\":{},\"real_filters\":{},\"public_filters\":{},\"dim\":{},\"fakes_found\":{},\"guesses\":{},\"recovered\":{},\"fraction\":{},\"mean_cos\":{},\"baseline_recovered\":{},\"baseline_fraction\":{},\"baseline_mean_cos\":{}}}",
                     l.layer,
                     jstr(&l.op),
                     l.depthwise,
+                    jstr(l.protection.name()),
                     l.real_filters,
                     l.public_filters,
                     l.dim,

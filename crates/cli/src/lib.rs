@@ -5,3 +5,4 @@ pub mod keys;
 pub mod npy;
 pub mod plain;
 pub mod secure;
+pub mod trace;

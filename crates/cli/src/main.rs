@@ -113,6 +113,9 @@ enum Cmd {
     /// Run the published attacks (fake-partner, mask-reuse) against a package and score
     /// them against the original model.
     Attack(shadownet::attack::AttackArgs),
+    /// Compare a model's every intermediate output against ONNX Runtime and/or the secure
+    /// pipeline of a package (opened with the device key), to find where they diverge.
+    Trace(shadownet::trace::TraceArgs),
     /// Serve the trusted core on stdin/stdout (started by `run --enclave process`).
     #[command(hide = true)]
     Enclave {
@@ -252,6 +255,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         }
         Cmd::Attack(a) => shadownet::attack::cmd(&a),
         Cmd::Bench(args) => shadownet::bench::run(&args),
+        Cmd::Trace(args) => shadownet::trace::run(&args),
         Cmd::Enclave { key } => {
             let k = keys::read_secret_key(&key)?;
             let platform = shadownet_untrusted::FilePlatform::beside_key(&key);

@@ -33,7 +33,16 @@ fn bench_json_reports_every_variant() {
     assert!(v["reference"].is_null());
     let variants = v["variants"].as_array().expect("variants array");
     let names: Vec<&str> = variants.iter().filter_map(|x| x["name"].as_str()).collect();
-    assert_eq!(names, ["plain", "secure-inproc", "secure-process"]);
+    assert_eq!(
+        names,
+        [
+            "plain",
+            "secure-inproc",
+            "secure-process",
+            "secure-hardened-inproc",
+            "secure-hardened-process"
+        ]
+    );
     let pos = |x: &serde_json::Value, k: &str| {
         let n = x[k]
             .as_f64()

@@ -11,7 +11,7 @@ use shadownet_ir::{Graph, Tensor};
 
 use crate::format::{PublicPackage, Scheme, SecretModel, PUBLIC_MAGIC};
 use crate::freivalds;
-use crate::onetime::{self, Gaussian};
+use crate::onetime::{self, CheckRng};
 use crate::platform::Platform;
 use crate::restore;
 use crate::seal::{self, SealError};
@@ -126,7 +126,7 @@ struct Run {
     /// Hardened: the input sent for the layer in flight, for the integrity check.
     sent: Option<Tensor>,
     /// Hardened: source of the check vectors.
-    checker: Option<Gaussian>,
+    checker: Option<CheckRng>,
 }
 
 struct Session {
@@ -247,7 +247,7 @@ impl TrustedCore {
                 resident += pkg
                     .layers
                     .iter()
-                    .map(|l| l.weight.len() as u64 * 8)
+                    .map(|l| l.weight.len() as u64 * 4)
                     .sum::<u64>();
                 let norms = pkg.layers.iter().map(freivalds::filter_norms).collect();
                 Some((pkg, norms))
@@ -341,7 +341,7 @@ impl TrustedCore {
                 };
                 let mut cseed = [0u8; 32];
                 platform.random(&mut cseed);
-                (Some(masks), Some(Gaussian::new(cseed, 0)))
+                (Some(masks), Some(CheckRng::new(cseed)))
             }
         };
         s.run = Some(Run {

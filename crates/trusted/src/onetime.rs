@@ -27,38 +27,20 @@ pub struct PoolEntry {
     pub corrections: Vec<Tensor>,
 }
 
-/// A reproducible N(0, 1) stream per (seed, layer).
-pub struct Gaussian {
-    rng: ChaCha20Rng,
-    spare: Option<f32>,
-}
+/// The trusted core's stream of check vectors, seeded from the platform's RNG.
+pub struct CheckRng(ChaCha20Rng);
 
-impl Gaussian {
-    pub fn new(seed: [u8; 32], stream: u64) -> Self {
-        let mut rng = ChaCha20Rng::from_seed(seed);
-        rng.set_stream(stream);
-        Gaussian { rng, spare: None }
-    }
-
-    fn unit(&mut self) -> f64 {
-        ((self.rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
-    }
-
-    pub fn sample(&mut self) -> f32 {
-        if let Some(v) = self.spare.take() {
-            return v;
-        }
-        let (u1, u2) = (self.unit(), self.unit());
-        let r = libm::sqrt(-2.0 * libm::log(u1));
-        let t = core::f64::consts::TAU * u2;
-        self.spare = Some((r * libm::sin(t)) as f32);
-        (r * libm::cos(t)) as f32
+impl CheckRng {
+    pub fn new(seed: [u8; 32]) -> Self {
+        CheckRng(ChaCha20Rng::from_seed(seed))
     }
 
     pub fn u64(&mut self) -> u64 {
-        self.rng.next_u64()
+        self.0.next_u64()
     }
 }
+
+const SQRT_3: f32 = 1.732_050_8;
 
 /// The public-layout mask of layer `k` for input shape `shape`.
 ///
@@ -79,7 +61,7 @@ pub fn mask(seed: [u8; 32], k: usize, layer: &SecretLayer, shape: &[usize]) -> T
     let mut data = Vec::with_capacity(n);
     for _ in 0..outer {
         for ch in 0..c {
-            let half_width = 3f32.sqrt() * layer.mask_rms.get(ch).copied().unwrap_or(1.0);
+            let half_width = SQRT_3 * layer.mask_rms.get(ch).copied().unwrap_or(1.0);
             for _ in 0..inner {
                 // 24 random bits give a uniform value in [-1, 1).
                 let u = (rng.next_u32() >> 8) as f32 * (2.0 / (1u32 << 24) as f32) - 1.0;

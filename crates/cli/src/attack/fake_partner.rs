@@ -18,9 +18,14 @@
 //!    W_i/s_i up to O(1/sqrt(d)) — the real filter up to scale. When the real weights are
 //!    much smaller than the fakes this is also the least-norm point of the line.
 //!
-//! Only the public package is read here.
+//! The same clustering runs on the hardened scheme's mixed groups (public filters are
+//! invertible mixtures of normalised real and fake filters, the fakes combinations of the
+//! layer's own filters): there is no fake partner to lean towards, and the scorer shows the
+//! recovered share falls to the black-box floor.
+//!
+//! Only the public package (its layers and its public scheme name) is read here.
 use shadownet_ir::{Op, Tensor};
-use shadownet_trusted::{LinearKind, PublicLayer};
+use shadownet_trusted::{LinearKind, PublicLayer, Scheme};
 
 /// How a public layer's filters were protected, as anyone can tell from its kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,10 +34,35 @@ pub enum Protection {
     FakePairs,
     /// Grouped / depthwise conv: groups shuffled, filters scaled.
     GroupShuffle,
+    /// Hardened depthwise conv: every real filter published only inside a secret 2×2
+    /// mixture with a fake on the same input channel (twice the public filters).
+    MixedPairs,
 }
 
-pub fn protection(l: &PublicLayer) -> Protection {
+impl Protection {
+    /// Grouped/depthwise layers, reported apart from the fake-pair banks.
+    pub fn depthwise(self) -> bool {
+        self != Protection::FakePairs
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protection::FakePairs => "fake-pairs",
+            Protection::GroupShuffle => "group-shuffle",
+            Protection::MixedPairs => "mixed-pairs",
+        }
+    }
+}
+
+/// The protection of a public layer, as anyone can tell from its kind, its weight shape
+/// and the package's (public) scheme.
+pub fn protection(l: &PublicLayer, scheme: Scheme) -> Protection {
     match &l.kind {
+        LinearKind::Conv(c)
+            if c.groups > 1 && scheme == Scheme::Hardened && l.weight.shape.get(1) == Some(&1) =>
+        {
+            Protection::MixedPairs
+        }
         LinearKind::Conv(c) if c.groups > 1 => Protection::GroupShuffle,
         _ => Protection::FakePairs,
     }
@@ -134,12 +164,15 @@ pub struct Recovered {
     pub count: usize,
 }
 
-/// Runs the attack on one public layer. Group-shuffled layers are "recovered" by taking the
-/// public filters as they are (each is a real filter divided by a scale).
-pub fn attack_layer(l: &PublicLayer) -> Recovered {
+/// Runs the attack on one public layer of a package of `scheme`. Group-shuffled layers are
+/// "recovered" by taking the public filters as they are (each is a real filter divided by a
+/// scale). Mixed-pair (hardened depthwise) layers likewise give every public filter as a
+/// guess: each is some mixture of a real filter and its fake, and the attacker cannot tell
+/// which direction of the pair's plane is the real one.
+pub fn attack_layer(l: &PublicLayer, scheme: Scheme) -> Recovered {
     let (f, m, d) = filters(&l.weight, filter_axis(&l.kind));
-    let protection = protection(l);
-    if protection == Protection::GroupShuffle || m < 2 || d == 0 {
+    let protection = protection(l, scheme);
+    if protection.depthwise() || m < 2 || d == 0 {
         return Recovered {
             protection,
             dim: d,

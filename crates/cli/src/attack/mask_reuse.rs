@@ -12,6 +12,10 @@
 //! activation is then x̃_v − m̂. Layers fed directly by a model input are unmasked and
 //! recognised by their input equalling the query.
 //!
+//! Against the hardened scheme, whose trusted core draws a fresh mask for every layer on
+//! every inference, the same procedure runs unchanged: nothing repeats, so nothing is
+//! anchored and the estimate is unrelated to any mask (docs/security.md).
+//!
 //! Only public shapes, the spy's records and `infer` are used.
 use anyhow::{bail, Result};
 use shadownet_ir::Tensor;
