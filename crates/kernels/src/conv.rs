@@ -86,7 +86,11 @@ fn conv_tiles(
     let hw = out_hw[0] * out_hw[1];
     let tile = (TILE_FLOATS / k).clamp(64, 2048).min(hw);
     let ntiles = hw.div_ceil(tile);
-    let threads = par::threads();
+    let threads = if og * k * hw < crate::gemm::PARALLEL_MIN_MACS {
+        1
+    } else {
+        par::threads()
+    };
     if ntiles < 2 * threads || threads == 1 {
         // Too few tiles to share out: let the GEMM itself use the pool.
         let mut buf = vec![0f32; k * tile];

@@ -4,6 +4,9 @@
 //! runtime dispatch); without it (the trusted core) a simple blocked loop suffices, since
 //! the trusted core never runs the heavy linear layers.
 
+/// Multiply-adds below which a kernel stays on one thread.
+pub const PARALLEL_MIN_MACS: usize = 1 << 22;
+
 /// A row-major matrix view: element (i, j) at `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
 pub struct MatRef<'a> {
@@ -122,7 +125,7 @@ pub(crate) unsafe fn sgemm_raw(
 
 #[cfg(feature = "std")]
 mod imp {
-    use super::MatRef;
+    use super::{MatRef, PARALLEL_MIN_MACS};
 
     #[allow(clippy::too_many_arguments)]
     pub fn sgemm(
@@ -136,8 +139,10 @@ mod imp {
         accumulate: bool,
         threads: usize,
     ) {
+        // Waking the pool costs tens of microseconds: below a few million multiply-adds
+        // one thread finishes first.
         #[cfg(feature = "rayon")]
-        let par = if threads > 1 {
+        let par = if threads > 1 && m * n * k >= PARALLEL_MIN_MACS {
             gemm::Parallelism::Rayon(threads)
         } else {
             gemm::Parallelism::None
