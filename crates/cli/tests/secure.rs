@@ -294,6 +294,9 @@ fn check_no_leaks(name: &str, scheme: Scheme) {
         assert_eq!(obs.layer as usize, k);
         let x = &plain[&node.inputs[0]];
         let unmasked = restore::shuffle_input(&sl.restore, x);
+        // A correlation over a few dozen values (a dense layer's 64 features) swings by
+        // ±0.3 from chance alone; such inputs are judged by value only.
+        let measurable = x.len() >= 256;
         if hardened {
             // Every layer is masked, the first included, and never twice the same way.
             let again = &seen[layers + k];
@@ -308,8 +311,10 @@ fn check_no_leaks(name: &str, scheme: Scheme) {
                 d.iter().any(|v| v.abs() > 0.0),
                 "{name} L{k}: a mask was reused"
             );
-            worst_input = worst_input.max(corr(&obs.input.data, &unmasked.data).abs());
-            worst_input = worst_input.max(corr(&d, &unmasked.data).abs());
+            if measurable {
+                worst_input = worst_input.max(corr(&obs.input.data, &unmasked.data).abs());
+                worst_input = worst_input.max(corr(&d, &unmasked.data).abs());
+            }
         } else if g.inputs.contains(&node.inputs[0]) {
             assert!(sl.mask.is_none());
             continue;
@@ -318,7 +323,9 @@ fn check_no_leaks(name: &str, scheme: Scheme) {
                 .mask
                 .as_ref()
                 .unwrap_or_else(|| panic!("{name} L{k}: inner layer without a mask"));
-            worst_input = worst_input.max(corr(&obs.input.data, &unmasked.data).abs());
+            if measurable {
+                worst_input = worst_input.max(corr(&obs.input.data, &unmasked.data).abs());
+            }
             assert!(
                 rel_err(&obs.input, mask) > 1e-3,
                 "{name} L{k}: the bare mask was sent"
@@ -350,7 +357,9 @@ fn check_no_leaks(name: &str, scheme: Scheme) {
                     let dense = xc.iter().filter(|v| **v != 0.0).count() * 2 > xc.len();
                     informative(xc) && dense
                 });
-            if informative(&ych[i]) && input_ok {
+            // As for inputs, channels of fewer than 256 positions are too short for a
+            // correlation to mean anything.
+            if ych[i].len() >= 256 && informative(&ych[i]) && input_ok {
                 worst_output = worst_output.max(corr(&ych[i], &pch[p as usize]).abs());
             }
         };
