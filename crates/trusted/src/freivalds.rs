@@ -74,6 +74,18 @@ fn dot8(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// s₁ = Σ_{b,o,p} u_o·v_{b,p}·y[b, o, p] for y laid out [outer, M, p].
+fn weighted_sum(y: &Tensor, u: &[f32], v: &[f32], p: usize) -> f64 {
+    let m = u.len();
+    let mut s = 0f64;
+    for (b, vb) in v.chunks_exact(p.max(1)).enumerate() {
+        for (o, &uo) in u.iter().enumerate() {
+            s += uo as f64 * dot(&y.data[(b * m + o) * p..][..p], vb);
+        }
+    }
+    s
+}
+
 /// Σ_i a_i·b_i in f64.
 fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
@@ -138,14 +150,7 @@ fn check_once(
             let og = m / c.groups;
             let per = cg * kh * kw;
             let v = draw(rng, n * oh * ow, false);
-            // s₁: Σ_o u_o Σ_p v_p y'_{o,p}
-            let mut s1 = 0f64;
-            for b in 0..n {
-                let vb = &v[b * oh * ow..(b + 1) * oh * ow];
-                for (o, &uo) in u.iter().enumerate() {
-                    s1 += uo as f64 * dot(&y.data[(b * m + o) * oh * ow..][..oh * ow], vb);
-                }
-            }
+            let s1 = weighted_sum(y, &u, &v, oh * ow);
             // w_u per group, then s₂ = Σ_{c,ky,kx} w_u · G with G from one pass per tap.
             let mut wu = vec![0f32; c.groups * per];
             for (o, &uo) in u.iter().enumerate() {
@@ -205,13 +210,7 @@ fn check_once(
             let (oh, ow) = (y.shape[2], y.shape[3]);
             let (kh, kw) = (w.shape[2], w.shape[3]);
             let v = draw(rng, n * oh * ow, false);
-            let mut s1 = 0f64;
-            for b in 0..n {
-                let vb = &v[b * oh * ow..(b + 1) * oh * ow];
-                for (o, &uo) in u.iter().enumerate() {
-                    s1 += uo as f64 * dot(&y.data[(b * m + o) * oh * ow..][..oh * ow], vb);
-                }
-            }
+            let s1 = weighted_sum(y, &u, &v, oh * ow);
             let mut wu = vec![0f32; cin * kh * kw];
             for ci in 0..cin {
                 for (o, &uo) in u.iter().enumerate() {
@@ -264,12 +263,12 @@ fn check_once(
                     .map(|(a, b)| a * b)
                     .sum();
             }
-            let mut s1 = 0f64;
-            let mut s2 = 0f64;
-            for (r, &vr) in v.iter().enumerate() {
-                s1 += vr as f64 * dot(&y.data[r * m..(r + 1) * m], &u);
-                s2 += vr as f64 * dot(&x.data[r * kk..(r + 1) * kk], &wu);
-            }
+            let s1 = weighted_sum(y, &u, &v, 1);
+            let s2: f64 = v
+                .iter()
+                .enumerate()
+                .map(|(r, &vr)| vr as f64 * dot(&x.data[r * kk..(r + 1) * kk], &wu))
+                .sum();
             (s1, s2, kk, 1)
         }
     };
