@@ -101,12 +101,10 @@ mod shadownet_equals_plain {
         minivgg: 1e-4,
         yolov4_tiny: 1e-4,
         ppocr_cls: 1e-4,
-        // Its world-landmark output (max 0.04) comes out of heavy cancellation: float noise
-        // of ~1e-6 per layer, which the paper's masks and fakes raise to ~1e-5, ends up
-        // ~100× larger there (ours vs ONNX Runtime's plain rounding already differ by
-        // 7e-6). Holding 1e-4 would take masks too small to hide anything; the hardened
-        // scheme's unit-norm mixing does hold it (below). See docs/schemes.md.
-        hand_landmark_lite: 5e-4,
+        // Its world-landmark output (max 0.04) is the hardest: with this seed 4.6e-5, over
+        // 18 conversion seeds 2.5e-5 to 7.6e-5 (fakes in its dense heads are kept as
+        // large as the real filters for this, see `HEAD_FAKE_TO_REAL` in protect).
+        hand_landmark_lite: 1e-4,
     );
 }
 
@@ -377,7 +375,8 @@ fn check_no_leaks(name: &str, scheme: Scheme) {
     eprintln!("{name}: worst |cos| real vs public filter {worst_weight:.3}, worst |corr| input {worst_input:.3}, output {worst_output:.3}");
     // A leaked tensor correlates perfectly (|corr| = 1, up to an affine map). The paper's
     // scheme with masks as large as the activations leaves ~0.7, and fakes four times the
-    // real filters leave ~0.25 (short 1×1 filters reach higher by chance); the hardened
+    // real filters leave ~0.25 (short 1×1 filters reach higher by chance; head layers,
+    // whose fakes are only as large as the real filters, ~0.7); the hardened
     // scheme spreads each public filter evenly over a group of eight.
     let weight_limit = 0.9;
     assert!(
