@@ -239,6 +239,11 @@ impl TrustedCore {
         }
         check_graph(g)?;
         let mut resident = model.resident_bytes() as u64;
+        let mut model = model;
+        for (k, l) in model.layers.iter_mut().enumerate() {
+            let rank = l.public_output.len();
+            restore::fold_bias(l, pkg.layers[k].kind.channel_axis(rank));
+        }
         let peak = model.peak_activation_bytes(&pkg.layers) as u64;
         let layers = model.layers.len() as u32;
         let public = match model.scheme {
@@ -414,15 +419,20 @@ impl TrustedCore {
                 output.shape, l.public_output
             )));
         }
-        if let Some(i) = output.data.iter().position(|v| !v.is_finite()) {
-            return Err(TeeError::BadAccelerator(format!(
-                "layer {layer}: non-finite value {} at index {i}",
-                output.data[i]
-            )));
-        }
+        let non_finite = |p: usize| {
+            TeeError::BadAccelerator(format!(
+                "layer {layer}: non-finite value in public channel {p}"
+            ))
+        };
         if let (Some((pkg, norms)), Some(sent), Some(checker)) =
             (&s.public, run.sent.take(), run.checker.as_mut())
         {
+            if !restore::all_finite(&output.data) {
+                let axis = pkg.layers[layer as usize]
+                    .kind
+                    .channel_axis(output.shape.len());
+                return Err(non_finite(restore::first_bad_channel(&output, axis)));
+            }
             let l = layer as usize;
             freivalds::check(&pkg.layers[l], &norms[l], &sent, &output, checker)
                 .map_err(|e| TeeError::Integrity(format!("layer {layer}: {e}")))?;
@@ -434,19 +444,63 @@ impl TrustedCore {
             shadownet_ir::Op::MatMul => real_shape.len() - 1,
             _ => 1,
         };
-        let y = match &run.masks {
-            Some((_, corrections)) => {
-                let mut y = restore::unmix(&l.restore, &output, real_shape, axis);
-                restore::sub_assign(&mut y, &corrections[layer as usize]);
-                restore::add_bias(l, &mut y, axis);
-                y
+        // An activation that alone reads this output runs inside the restoring pass.
+        let fused = g.nodes.get(node + 1).and_then(|next| match next.op {
+            shadownet_ir::Op::Act(a)
+                if next.inputs[..] == [out_id]
+                    && s.last_use[out_id] == node + 1
+                    && s.layer_of[node + 1].is_none() =>
+            {
+                Some((a, next.outputs[0]))
             }
-            None => restore::restore_output(l, &output, real_shape, axis),
+            _ => None,
+        });
+        let (value, after) = match fused {
+            Some((_, act_out)) => (act_out, node + 2),
+            None => (out_id, node + 1),
         };
-        run.vals[out_id] = Some(y);
+        // With fixed masks, a value that only the next outsourced layer reads is written
+        // as that layer's input at once (the one-time masks of the hardened scheme are
+        // drawn per layer, and its sent input is kept for the check: not fused).
+        let forward = match (&run.masks, s.layer_of.get(after).copied().flatten()) {
+            (None, Some(next))
+                if g.nodes[after].inputs.first() == Some(&value)
+                    && s.last_use[value] == after
+                    && (axis == 1 || !restore::shuffles_input(&s.model.layers[next as usize])) =>
+            {
+                Some(next)
+            }
+            _ => None,
+        };
+        let offset = match &run.masks {
+            Some((_, corrections)) => Some(&corrections[layer as usize]),
+            None => l.mask_correction.as_ref(),
+        };
+        let y = restore::restore_fused(
+            &l.restore,
+            &output,
+            real_shape,
+            axis,
+            offset,
+            l.bias.as_deref(),
+            fused.map(|(a, _)| a),
+            forward.map(|k| restore::Forward {
+                layer: &s.model.layers[k as usize],
+            }),
+        )
+        .map_err(non_finite)?;
+        drop(output);
         free_dead(g, &s.last_use, node, &mut run.vals);
+        if let Some(next) = forward {
+            run.waiting = Some((next, after));
+            return Ok(TeeToHost::RunLinear {
+                layer: next,
+                input: y,
+            });
+        }
+        run.vals[value] = Some(y);
+        run.next = after;
         run.waiting = None;
-        run.next = node + 1;
         s.advance()
     }
 }
@@ -463,17 +517,23 @@ impl Session {
             let k = run.next;
             let node = &g.nodes[k];
             if let Some(layer) = self.layer_of[k] {
-                let x = fetch(g, &run.vals, node.inputs[0])?;
+                let xid = node.inputs[0];
                 let sl = &self.model.layers[layer as usize];
                 let input = match &run.masks {
                     Some((seed, _)) => {
+                        let x = fetch(g, &run.vals, xid)?;
                         let mut t = restore::shuffle_input(&sl.restore, x);
                         let m = onetime::mask(*seed, layer as usize, sl, &t.shape);
                         restore::add_assign(&mut t, &m);
                         run.sent = Some(t.clone());
                         t
                     }
-                    None => restore::prepare_input(sl, x),
+                    // An input read by nothing after this layer is masked where it lies.
+                    None if self.last_use[xid] == k && g.values[xid].data.is_none() => {
+                        let x = run.vals[xid].take().ok_or_else(|| missing(g, xid))?;
+                        restore::prepare_owned_input(sl, x)
+                    }
+                    None => restore::prepare_input(sl, fetch(g, &run.vals, xid)?),
                 };
                 run.waiting = Some((layer, k));
                 return Ok(TeeToHost::RunLinear { layer, input });
@@ -511,12 +571,14 @@ fn fetch<'a>(g: &'a Graph, vals: &'a [Option<Tensor>], v: usize) -> Result<&'a T
         .data
         .as_ref()
         .or(vals[v].as_ref())
-        .ok_or_else(|| {
-            TeeError::Corrupt(format!(
-                "value '{}' is used before it is computed",
-                g.values[v].name
-            ))
-        })
+        .ok_or_else(|| missing(g, v))
+}
+
+fn missing(g: &Graph, v: usize) -> TeeError {
+    TeeError::Corrupt(format!(
+        "value '{}' is used before it is computed",
+        g.values[v].name
+    ))
 }
 
 fn free_dead(g: &Graph, last: &[usize], k: usize, vals: &mut [Option<Tensor>]) {
