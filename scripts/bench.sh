@@ -87,9 +87,10 @@ if ref:
                  "sequential, intra_op_num_threads = threads, inter_op 1)")
 lines += [
     "",
-    "Plain and secure runs are interleaved in one process (plain, then every secure variant",
-    "per iteration), so machine noise hits all alike; ONNX Runtime runs in a separate process",
-    "right after. In the secure runs the trusted core gets one thread (as on a TEE) and the",
+    "Plain and secure runs are interleaved in one process: every secure run follows its own",
+    "plain run, and `vs plain` is the median of those paired ratios (a plain run right after",
+    "a heavy variant is slower than one alone, so pairing keeps the ratio honest); ONNX",
+    "Runtime runs in a separate process right after. In the secure runs the trusted core gets one thread (as on a TEE) and the",
     "CPU accelerator the rest; `process` puts the trusted core in a child process behind a",
     "pipe, `inproc` in the same process behind the same message API. Hardened variants draw",
     "their one-time masks from a pool precomputed (by the trusted core, sealed, kept on disk)",
