@@ -260,12 +260,20 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             let k = keys::read_secret_key(&key)?;
             let platform = shadownet_untrusted::FilePlatform::beside_key(&key);
             let mut core = shadownet_trusted::TrustedCore::new(k, Box::new(platform));
-            shadownet_untrusted::enclave::serve(
-                &mut core,
-                &mut std::io::stdin().lock(),
-                &mut std::io::stdout().lock(),
-            )
-            .context("enclave channel failed")
+            // The pipes as plain files: stdout's line buffering would cut binary frames at
+            // every 0x0A byte.
+            use std::os::fd::AsFd;
+            let pipe = |fd: std::io::Result<std::os::fd::OwnedFd>| {
+                fd.map(std::fs::File::from)
+                    .context("cannot take over the enclave pipes")
+            };
+            let mut input = std::io::BufReader::with_capacity(
+                1 << 16,
+                pipe(std::io::stdin().as_fd().try_clone_to_owned())?,
+            );
+            let mut output = pipe(std::io::stdout().as_fd().try_clone_to_owned())?;
+            shadownet_untrusted::enclave::serve(&mut core, &mut input, &mut output)
+                .context("enclave channel failed")
         }
     }
 }

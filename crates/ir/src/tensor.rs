@@ -91,11 +91,20 @@ mod serde_impl {
 
     impl Serialize for Blob<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            let mut bytes = Vec::with_capacity(self.0.len() * 4);
-            for v in self.0 {
-                bytes.extend_from_slice(&v.to_le_bytes());
+            // Activations cross the enclave pipe as these blobs on every layer: on
+            // little-endian machines the floats are their own encoding, no copy needed.
+            #[cfg(target_endian = "little")]
+            {
+                s.serialize_bytes(bytemuck::cast_slice(self.0))
             }
-            s.serialize_bytes(&bytes)
+            #[cfg(not(target_endian = "little"))]
+            {
+                let mut bytes = Vec::with_capacity(self.0.len() * 4);
+                for v in self.0 {
+                    bytes.extend_from_slice(&v.to_le_bytes());
+                }
+                s.serialize_bytes(&bytes)
+            }
         }
     }
 
@@ -121,9 +130,16 @@ mod serde_impl {
             if !b.len().is_multiple_of(4) {
                 return Err(E::invalid_length(b.len(), &self));
             }
-            Ok(b.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect())
+            #[cfg(target_endian = "little")]
+            {
+                Ok(bytemuck::pod_collect_to_vec(b))
+            }
+            #[cfg(not(target_endian = "little"))]
+            {
+                Ok(b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect())
+            }
         }
     }
 

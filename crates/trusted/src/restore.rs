@@ -533,12 +533,12 @@ mod tests {
                 .collect(),
             in_perm: Vec::new(),
         };
-        for (restore, public) in [
-            (fake_pairs(n, m), public),
-            (shuffle, real),
-            (mix, public),
-        ] {
-            let y = if public == real { tensor(&real, 2) } else { y.clone() };
+        for (restore, public) in [(fake_pairs(n, m), public), (shuffle, real), (mix, public)] {
+            let y = if public == real {
+                tensor(&real, 2)
+            } else {
+                y.clone()
+            };
             for masked in [false, true] {
                 let l = layer(restore.clone(), &real, &public, masked);
                 let want = reference(&l, &y, &real, act);
