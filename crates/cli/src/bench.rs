@@ -3,10 +3,11 @@
 //!
 //! The model is converted in memory once per scheme and sealed to a fresh device key; each
 //! package is opened with the trusted core in this process and in a child process. Every
-//! secure run is paired with a plain run just before it (itself after an untimed plain
-//! run), and a variant's ratio is the median of its pairs' ratios: a plain run right after
-//! a heavy variant (a child process still freeing memory, caches full of masks) is slower
-//! than one alone, so a single plain median shared by all variants flattered them.
+//! secure run is paired with a plain run just before it, each timed right after an
+//! untimed run of its own, and a variant's ratio is the median of its pairs' ratios. A
+//! plain run straight after a heavy variant (a child process still freeing memory, caches
+//! full of masks) is slower than one alone, so a single plain median shared by all
+//! variants flattered them; timing either side cold would flatter the other.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -263,7 +264,8 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
             })?;
             let (mut precompute_ms_per_inference, mut pool_bytes_per_inference) = (None, None);
             if scheme == Scheme::Hardened {
-                let n = args.warmup + args.runs;
+                // Two inferences per iteration: the untimed one and the timed one.
+                let n = 2 * (args.warmup + args.runs);
                 let t0 = Instant::now();
                 let bytes = model.precompute(n, &mut |_, _| {})?;
                 precompute_ms_per_inference = Some(ms(t0) / n.max(1) as f64);
@@ -299,7 +301,8 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         let timed = it >= args.warmup;
         for v in &mut variants {
             // An untimed plain run first absorbs what the previous variant left behind (a
-            // child process still freeing memory, caches full of its data).
+            // child process still freeing memory, caches full of its data) and brings the
+            // plain model's data into cache.
             shadownet_kernels::run_graph(g, &xs).context("plain inference failed")?;
             let t0 = Instant::now();
             let y = shadownet_kernels::run_graph(g, &xs).context("plain inference failed")?;
@@ -308,6 +311,11 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
             if timed {
                 plain_samples.push(plain_dt);
             }
+            // Likewise an untimed secure run, so each is timed with its own data in cache,
+            // as when a device runs the same model over and over.
+            v.model
+                .infer(xs.clone())
+                .with_context(|| format!("{} inference failed", v.name))?;
             let inputs = xs.clone();
             let t0 = Instant::now();
             let y = v
