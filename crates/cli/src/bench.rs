@@ -133,6 +133,9 @@ struct SecureVariant {
     samples: Vec<f64>,
     /// Secure time over the plain run just before it, per timed iteration.
     ratios: Vec<f64>,
+    /// Accelerator time per timed run, and the rest (trusted core, transport, host).
+    accel: Vec<f64>,
+    rest: Vec<f64>,
     max_rel_err: f32,
 }
 
@@ -287,6 +290,8 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
                 pool_bytes_per_inference,
                 samples: Vec::with_capacity(args.runs),
                 ratios: Vec::with_capacity(args.runs),
+                accel: Vec::with_capacity(args.runs),
+                rest: Vec::with_capacity(args.runs),
                 max_rel_err: 0.0,
             });
         }
@@ -329,6 +334,9 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
             if timed {
                 v.samples.push(dt);
                 v.ratios.push(dt / plain_dt);
+                let accel = v.model.last_accel_time.as_secs_f64() * 1e3;
+                v.accel.push(accel);
+                v.rest.push(dt - accel);
             }
         }
     }
@@ -368,6 +376,8 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         j["enclave"] = json!(v.enclave);
         j["ratio_vs_plain"] = json!(Stats::of(&v.ratios).median);
         j["ratio_vs_reference"] = ratio(s.median, ref_median);
+        j["accel_median_ms"] = json!(Stats::of(&v.accel).median);
+        j["rest_median_ms"] = json!(Stats::of(&v.rest).median);
         j["round_trips"] = json!(v.model.last_round_trips);
         j["outsourced_layers"] = json!(v.outsourced_layers);
         j["resident_bytes"] = json!(v.model.resident_bytes);
@@ -527,8 +537,10 @@ pub fn table(r: &Value) -> String {
     for v in r["variants"].as_array().into_iter().flatten().skip(1) {
         let _ = writeln!(
             s,
-            "{}: {} outsourced layers, trusted core {} B resident + {} B peak activations, converted in {:.2} s, max rel. error vs plain {:.2e}",
+            "{}: accelerator {:.2} ms + trusted core, transport and host {:.2} ms (medians); {} outsourced layers, trusted core {} B resident + {} B peak activations, converted in {:.2} s, max rel. error vs plain {:.2e}",
             v["name"].as_str().unwrap_or("?"),
+            num(v, "accel_median_ms").unwrap_or(f64::NAN),
+            num(v, "rest_median_ms").unwrap_or(f64::NAN),
             v["outsourced_layers"],
             v["resident_bytes"],
             v["peak_activation_bytes"],

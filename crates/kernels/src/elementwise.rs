@@ -75,24 +75,41 @@ pub fn apply(a: Activation, x: f32) -> f32 {
 
 /// Applies `a` in place.
 pub fn activation_inplace(a: Activation, data: &mut [f32]) {
+    // One loop per function, so the cheap piecewise-linear ones compile to branch-free
+    // vector code: through `apply`'s match LeakyReLU ran at a few ns per value, and the
+    // trusted core spent a third of YOLOv4-tiny there. Formulas match `apply` exactly.
     match a {
-        // The common cheap cases get a branch-free loop the compiler vectorises.
-        Activation::Relu => par::for_each_chunk(data, 64 * 1024, |_, c| {
-            for v in c {
-                *v = v.max(0.0);
-            }
-        }),
-        Activation::Clip { min, max } => par::for_each_chunk(data, 64 * 1024, |_, c| {
-            for v in c {
-                *v = v.max(min).min(max);
-            }
-        }),
-        _ => par::for_each_chunk(data, 16 * 1024, |_, c| {
-            for v in c {
-                *v = apply(a, *v);
-            }
-        }),
+        Activation::Relu => map(data, 64 * 1024, |x| x.max(0.0)),
+        Activation::Clip { min, max } => map(data, 64 * 1024, move |x| x.max(min).min(max)),
+        Activation::LeakyRelu { alpha } => {
+            map(
+                data,
+                64 * 1024,
+                move |x| {
+                    if x >= 0.0 {
+                        x
+                    } else {
+                        alpha * x
+                    }
+                },
+            )
+        }
+        Activation::HardSigmoid { alpha, beta } => {
+            map(data, 64 * 1024, move |x| (alpha * x + beta).clamp(0.0, 1.0))
+        }
+        Activation::HardSwish => map(data, 64 * 1024, |x| x * (x / 6.0 + 0.5).clamp(0.0, 1.0)),
+        Activation::Neg => map(data, 64 * 1024, |x| -x),
+        Activation::Abs => map(data, 64 * 1024, |x| x.abs()),
+        _ => map(data, 16 * 1024, move |x| apply(a, x)),
     }
+}
+
+fn map(data: &mut [f32], chunk: usize, f: impl Fn(f32) -> f32 + Send + Sync) {
+    par::for_each_chunk(data, chunk, |_, c| {
+        for v in c {
+            *v = f(*v);
+        }
+    })
 }
 
 #[inline]

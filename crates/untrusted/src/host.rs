@@ -17,6 +17,9 @@ pub struct SecureModel {
     pub peak_activation_bytes: u64,
     /// Round trips of the last inference.
     pub last_round_trips: usize,
+    /// Time the accelerator took in the last inference (the rest of it is the trusted
+    /// core, the transport between the two, and the host's bookkeeping).
+    pub last_accel_time: std::time::Duration,
     /// Where sealed one-time mask entries are kept (hardened packages).
     pool_dir: Option<std::path::PathBuf>,
     /// Let the trusted core make masks on the spot when the pool is empty.
@@ -73,6 +76,7 @@ impl SecureModel {
                 resident_bytes,
                 peak_activation_bytes,
                 last_round_trips: 0,
+                last_accel_time: std::time::Duration::ZERO,
                 pool_dir: None,
                 allow_slow_masks: false,
             }),
@@ -111,7 +115,8 @@ impl SecureModel {
         msg = match first {
             TeeToHost::RunLinear { layer, input } => {
                 self.last_round_trips = 1;
-                let output = self.accel.run(layer, &input)?;
+                self.last_accel_time = std::time::Duration::ZERO;
+                let output = self.run_accel(layer, &input)?;
                 HostToTee::LinearDone { layer, output }
             }
             TeeToHost::Done { outputs } => return Ok(outputs),
@@ -127,7 +132,7 @@ impl SecureModel {
             match self.enclave.call(msg)? {
                 TeeToHost::RunLinear { layer, input } => {
                     self.last_round_trips += 1;
-                    let output = self.accel.run(layer, &input)?;
+                    let output = self.run_accel(layer, &input)?;
                     msg = HostToTee::LinearDone { layer, output };
                 }
                 TeeToHost::Done { outputs } => return Ok(outputs),
@@ -144,6 +149,13 @@ impl SecureModel {
 }
 
 impl SecureModel {
+    fn run_accel(&mut self, layer: u32, input: &Tensor) -> Result<Tensor> {
+        let t0 = std::time::Instant::now();
+        let out = self.accel.run(layer, input);
+        self.last_accel_time += t0.elapsed();
+        out
+    }
+
     /// The lowest-numbered pool entry file, if any.
     fn next_pool_entry(&self) -> Result<Option<(std::path::PathBuf, Vec<u8>)>> {
         let Some(dir) = &self.pool_dir else {
