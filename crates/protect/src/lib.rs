@@ -12,7 +12,7 @@ use shadownet_ir::{Graph, Node, Op, Tensor};
 use shadownet_trusted::format::{PUBLIC_FILE, PUBLIC_MAGIC, SECRET_FILE};
 use shadownet_trusted::restore;
 use shadownet_trusted::{
-    LinearKind, PublicLayer, PublicPackage, Restore, Scheme, SecretLayer, SecretModel,
+    LinearKind, Mask, PublicLayer, PublicPackage, Restore, Scheme, SecretLayer, SecretModel,
 };
 
 use crate::rng::Rng;
@@ -340,8 +340,9 @@ fn protect_layer(
     } else if !g.inputs.contains(&x) {
         // Layers fed straight by a model input see it in the clear (the user's input is
         // not the vendor's secret); every other layer's input is masked.
-        let mask = draw_mask(g.shape(x), &stds[x], opts.mask_scale(), rng);
-        let through = shadownet_kernels::eval("mask", &kind.op(), &[&mask, &weight])?;
+        // The correction is computed from the mask exactly as the trusted core keeps it.
+        let mask = Mask::from_f32(&draw_mask(g.shape(x), &stds[x], opts.mask_scale(), rng));
+        let through = shadownet_kernels::eval("mask", &kind.op(), &[&mask.to_tensor(), &weight])?;
         layer.mask_correction = Some(restore::restore_output(
             &layer,
             &through[0],

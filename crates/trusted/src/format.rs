@@ -12,7 +12,7 @@ pub const PUBLIC_FILE: &str = "public.bin";
 pub const SECRET_FILE: &str = "secret.sealed";
 
 /// Magic and version at the start of `public.bin`.
-pub const PUBLIC_MAGIC: &[u8; 8] = b"SNPKGv1\0";
+pub const PUBLIC_MAGIC: &[u8; 8] = b"SNPKGv2\0";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Scheme {
@@ -108,6 +108,122 @@ pub enum Restore {
     },
 }
 
+/// A fixed mask, kept as bfloat16. Any value hides as well as any other (the correction
+/// is computed from exactly these values), and half the bytes halve what the trusted core
+/// keeps resident and streams through memory for it on every layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mask {
+    pub shape: Vec<usize>,
+    /// The upper 16 bits of each f32 value.
+    pub bits: Vec<u16>,
+}
+
+impl Mask {
+    /// Rounds `t` to bfloat16 (to nearest, ties to even).
+    pub fn from_f32(t: &Tensor) -> Mask {
+        let bits = t
+            .data
+            .iter()
+            .map(|v| {
+                let b = v.to_bits();
+                let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1));
+                (rounded >> 16) as u16
+            })
+            .collect();
+        Mask {
+            shape: t.shape.clone(),
+            bits,
+        }
+    }
+
+    #[inline]
+    pub fn value(bits: u16) -> f32 {
+        f32::from_bits((bits as u32) << 16)
+    }
+
+    pub fn to_tensor(&self) -> Tensor {
+        Tensor {
+            shape: self.shape.clone(),
+            data: self.bits.iter().map(|&b| Mask::value(b)).collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.bits.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bits.is_empty()
+    }
+}
+
+impl Serialize for Mask {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let bytes: Vec<u8> = self.bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&self.shape)?;
+        t.serialize_element(&Bytes(&bytes))?;
+        t.end()
+    }
+}
+
+struct Bytes<'a>(&'a [u8]);
+
+impl Serialize for Bytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mask {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, SeqAccess, Visitor};
+        struct Halves;
+        impl<'de> Visitor<'de> for Halves {
+            type Value = Vec<u16>;
+            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str("little-endian bfloat16 bytes")
+            }
+            fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<Vec<u16>, E> {
+                if !b.len().is_multiple_of(2) {
+                    return Err(E::invalid_length(b.len(), &self));
+                }
+                Ok(b.chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect())
+            }
+        }
+        struct HalvesField(Vec<u16>);
+        impl<'de> Deserialize<'de> for HalvesField {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_bytes(Halves).map(HalvesField)
+            }
+        }
+        struct MaskVisitor;
+        impl<'de> Visitor<'de> for MaskVisitor {
+            type Value = Mask;
+            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str("a mask (shape, bfloat16 data)")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Mask, A::Error> {
+                let shape: Vec<usize> = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let HalvesField(bits) = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+                if n != Some(bits.len()) {
+                    return Err(de::Error::custom("mask data does not match its shape"));
+                }
+                Ok(Mask { shape, bits })
+            }
+        }
+        d.deserialize_tuple(2, MaskVisitor)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SecretLayer {
     /// Index of the linear node in the secret graph.
@@ -118,7 +234,7 @@ pub struct SecretLayer {
     /// Real bias per output channel (removed from the public layer).
     pub bias: Option<Vec<f32>>,
     /// Mask added to the (public-layout) input; `None` for layers fed by a model input.
-    pub mask: Option<Tensor>,
+    pub mask: Option<Mask>,
     /// The restored image of the mask, `restore(public_op(mask))`, subtracted after restoring.
     pub mask_correction: Option<Tensor>,
     /// Hardened scheme: per-channel standard deviation of the one-time masks.
@@ -157,7 +273,7 @@ impl SecretModel {
                     }
                 };
                 r + l.bias.as_ref().map_or(0, |b| b.len() * 4)
-                    + l.mask.as_ref().map_or(0, |t| t.len() * 4)
+                    + l.mask.as_ref().map_or(0, |t| t.len() * 2)
                     + l.mask_correction.as_ref().map_or(0, |t| t.len() * 4)
                     + l.mask_rms.len() * 4
             })
@@ -199,5 +315,34 @@ impl SecretModel {
             }
         }
         peak
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_round_to_nearest_bfloat16_and_survive_encoding() {
+        let t = Tensor {
+            shape: alloc::vec![2, 3],
+            // 1 + 2^-8 is a tie (rounds to even: 1); 1 + 3·2^-8 rounds up to 1 + 2^-6.
+            data: alloc::vec![1.0, 1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -2.5, 0.0, 3.0e-3],
+        };
+        let m = Mask::from_f32(&t);
+        let back = m.to_tensor();
+        assert_eq!(back.data[..4], [1.0, 1.0, 1.0 + 1.0 / 64.0, -2.5]);
+        for (a, b) in back.data.iter().zip(&t.data) {
+            assert!((a - b).abs() <= b.abs() / 256.0, "{a} vs {b}");
+        }
+        let bytes = postcard::to_allocvec(&m).unwrap();
+        assert_eq!(postcard::from_bytes::<Mask>(&bytes).unwrap(), m);
+        // Data that does not fill the shape is refused.
+        let short = Mask {
+            shape: alloc::vec![2, 4],
+            bits: m.bits.clone(),
+        };
+        let bytes = postcard::to_allocvec(&short).unwrap();
+        assert!(postcard::from_bytes::<Mask>(&bytes).is_err());
     }
 }

@@ -20,6 +20,6 @@ pub mod seal;
 
 pub use crate::core::{decode_public, HostToTee, TeeError, TeeToHost, TrustedCore};
 pub use format::{
-    LinearKind, PublicLayer, PublicPackage, Restore, Scheme, SecretLayer, SecretModel,
+    LinearKind, Mask, PublicLayer, PublicPackage, Restore, Scheme, SecretLayer, SecretModel,
 };
 pub use platform::{CounterError, Platform};

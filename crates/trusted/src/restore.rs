@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 
 use shadownet_ir::{Activation, Tensor};
 
-use crate::format::{Restore, SecretLayer};
+use crate::format::{Mask, Restore, SecretLayer};
 
 /// Splits `shape` around `axis` into (outer, channels, inner).
 fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {
@@ -22,7 +22,12 @@ pub fn prepare_input(layer: &SecretLayer, x: &Tensor) -> Tensor {
         (Some(perm), mask) => shuffle_masked(perm, x, mask.as_ref()),
         (None, Some(m)) => Tensor {
             shape: x.shape.clone(),
-            data: x.data.iter().zip(&m.data).map(|(x, m)| x + m).collect(),
+            data: x
+                .data
+                .iter()
+                .zip(&m.bits)
+                .map(|(x, &m)| x + Mask::value(m))
+                .collect(),
         },
         (None, None) => x.clone(),
     }
@@ -35,7 +40,7 @@ pub fn prepare_owned_input(layer: &SecretLayer, mut x: Tensor) -> Tensor {
         return prepare_input(layer, &x);
     }
     if let Some(m) = &layer.mask {
-        add_assign(&mut x, m);
+        add_mask(&mut x.data, &m.bits);
     }
     x
 }
@@ -84,6 +89,12 @@ fn add_slice(t: &mut [f32], m: &[f32]) {
     }
 }
 
+fn add_mask(t: &mut [f32], m: &[u16]) {
+    for (v, &m) in t.iter_mut().zip(m) {
+        *v += Mask::value(m);
+    }
+}
+
 /// The layer a restored output feeds directly, with nothing else reading it: restoration
 /// then writes that layer's prepared input (its channel order, its fixed mask added).
 #[derive(Clone, Copy)]
@@ -107,7 +118,7 @@ pub fn shuffle_input(restore: &Restore, x: &Tensor) -> Tensor {
 
 /// Channel groups of `x` in the order `perm`, plus `mask` (already in that order), in one
 /// pass.
-fn shuffle_masked(perm: &[u32], x: &Tensor, mask: Option<&Tensor>) -> Tensor {
+fn shuffle_masked(perm: &[u32], x: &Tensor, mask: Option<&Mask>) -> Tensor {
     let (outer, c, inner) = around(&x.shape, 1);
     let block = c / perm.len() * inner;
     let mut data = Vec::with_capacity(x.len());
@@ -118,7 +129,11 @@ fn shuffle_masked(perm: &[u32], x: &Tensor, mask: Option<&Tensor>) -> Tensor {
             match mask {
                 Some(m) => {
                     let at = data.len();
-                    data.extend(src.iter().zip(&m.data[at..at + block]).map(|(x, m)| x + m));
+                    data.extend(
+                        src.iter()
+                            .zip(&m.bits[at..at + block])
+                            .map(|(x, &m)| x + Mask::value(m)),
+                    );
                 }
                 None => data.extend_from_slice(src),
             }
@@ -279,7 +294,7 @@ pub fn restore_fused(
                     shadownet_kernels::elementwise::activation_inplace(a, d);
                 }
                 if let Some(m) = next_mask {
-                    add_slice(d, &m.data[at..at + inner]);
+                    add_mask(d, &m.bits[at..at + inner]);
                 }
             }
         }
@@ -294,7 +309,7 @@ pub fn restore_fused(
             shadownet_kernels::elementwise::activation_inplace(a, &mut out);
         }
         if let Some(m) = next_mask {
-            add_slice(&mut out, &m.data);
+            add_mask(&mut out, &m.bits);
         }
     }
     Ok(Tensor {
@@ -492,7 +507,7 @@ mod tests {
             public_output: public.to_vec(),
             restore,
             bias: Some(values(real[1], 9)),
-            mask: masked.then(|| tensor(real, 11)),
+            mask: masked.then(|| Mask::from_f32(&tensor(real, 11))),
             mask_correction: masked.then(|| tensor(real, 12)),
             mask_rms: Vec::new(),
         }
