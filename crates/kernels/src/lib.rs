@@ -96,6 +96,12 @@ fn eval_unchecked(op: &Op, x: &[&Tensor], outs: &[Vec<usize>]) -> Result<Vec<Ten
 
 /// Runs a whole graph on its inputs (in graph-input order) and returns its outputs.
 pub fn run_graph(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+    // From a pool worker, as secure inference runs its layers: each op starts on this
+    // thread at once instead of first waiting for a sleeping worker to wake.
+    #[cfg(feature = "rayon")]
+    if rayon::current_thread_index().is_none() && par::threads() > 1 {
+        return rayon::scope(|_| run_graph_observed(g, inputs, |_, _| {}));
+    }
     run_graph_observed(g, inputs, |_, _| {})
 }
 

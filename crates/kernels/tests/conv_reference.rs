@@ -163,3 +163,64 @@ fn eval_rejects_inconsistent_inputs() {
     let w = rand_tensor(&[2, 3, 3, 3], 2);
     assert!(eval("c", &Op::Conv(c), &[&x, &w]).is_err());
 }
+
+fn naive_pool(x: &Tensor, k: [usize; 2], s: [usize; 2], max: bool, out: &[usize]) -> Vec<f32> {
+    let (h, w) = (x.shape[2], x.shape[3]);
+    let mut y = Vec::new();
+    for plane in 0..x.shape[0] * x.shape[1] {
+        for oy in 0..out[2] {
+            for ox in 0..out[3] {
+                let vals: Vec<f32> = (0..k[0])
+                    .flat_map(|ky| (0..k[1]).map(move |kx| (oy * s[0] + ky, ox * s[1] + kx)))
+                    .map(|(iy, ix)| x.data[plane * h * w + iy * w + ix])
+                    .collect();
+                y.push(if max {
+                    if vals.iter().any(|v| v.is_nan()) {
+                        f32::NAN
+                    } else {
+                        vals.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+                    }
+                } else {
+                    vals.iter().sum::<f32>() / vals.len() as f32
+                });
+            }
+        }
+    }
+    y
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// Non-overlapping windows (the fast path) and overlapping ones (the general path),
+    /// odd sizes that leave a remainder, and a NaN that max pooling must carry through.
+    #[test]
+    fn pooling_matches_the_definition(
+        k in 1usize..4, overlap in 0usize..2, h in 3usize..12, w in 3usize..12,
+        c in 1usize..4, max in any::<bool>(), nan in any::<bool>(), seed in 0u64..1000,
+    ) {
+        let s = k.saturating_sub(overlap).max(1);
+        prop_assume!(k <= h && k <= w);
+        let mut x = rand_tensor(&[1, c, h, w], seed);
+        if nan {
+            x.data[(seed as usize * 7) % (c * h * w)] = f32::NAN;
+        }
+        let p = Pool {
+            kernel: [k, k],
+            stride: [s, s],
+            dilation: [1, 1],
+            pads: [0; 4],
+            extra_end: [0, 0],
+            count_include_pad: false,
+        };
+        let op = if max { Op::MaxPool(p) } else { Op::AvgPool(p) };
+        let y = eval("p", &op, &[&x]).unwrap();
+        let want = naive_pool(&x, [k, k], [s, s], max, &y[0].shape);
+        prop_assert_eq!(y[0].data.len(), want.len());
+        for (a, b) in y[0].data.iter().zip(&want) {
+            prop_assert!(
+                (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{} vs {}", a, b
+            );
+        }
+    }
+}

@@ -90,6 +90,14 @@ impl SecureModel {
 
     /// Runs one inference on the model inputs (in model-input order).
     pub fn infer(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        // Driven from a worker of the CPU accelerator's pool: each layer then starts on
+        // this thread at once, while an idle pool asleep through the trusted core's turn
+        // wakes up beside it. From outside the pool every layer first waited for a
+        // sleeping worker to wake (~50 µs a layer: a fifth of MiniVGG's secure run).
+        rayon::scope(|_| self.infer_here(inputs))
+    }
+
+    fn infer_here(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
         let entry = self.next_pool_entry()?;
         let mut msg = HostToTee::Begin {
             inputs,
