@@ -87,11 +87,11 @@ if ref:
                  "sequential, intra_op_num_threads = threads, inter_op 1)")
 lines += [
     "",
-    "Plain and secure runs are interleaved in one process: every timed secure run follows",
-    "its own timed plain run, each right after an untimed run of its own (so each is timed",
-    "with its data in cache, and a plain run never follows a heavy variant directly), and",
-    "`×plain` is a variant's median over the median of its paired plain runs; `plain ms`",
-    "is the median of all plain runs. ONNX Runtime runs in a separate process right after.",
+    "All variants run in one process, one variant after another; within a variant every",
+    "timed secure run follows its own timed plain run, each right after an untimed run of",
+    "its own (so each is timed with its data in cache), and `×plain` is the variant's median",
+    "over the median of those plain runs; `plain ms` is the median of all plain runs. ONNX",
+    "Runtime runs in a separate process right after.",
     "`accel ms` is the time the secure run spent in the accelerator (shadownet inproc); the",
     "rest is the trusted core, the transport and the host. In the secure runs the trusted core gets one thread (as on a TEE) and the",
     "CPU accelerator the rest; `process` puts the trusted core in a child process behind a",
