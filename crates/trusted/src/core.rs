@@ -325,7 +325,7 @@ impl TrustedCore {
                             return Err(TeeError::PoolOutOfOrder { index, expected });
                         }
                         let e =
-                            onetime::open_entry(&key, &id, &bytes).ok_or(TeeError::PoolCorrupt)?;
+                            onetime::open_entry(&key, &id, bytes).ok_or(TeeError::PoolCorrupt)?;
                         if e.corrections.len() != s.model.layers.len() {
                             return Err(TeeError::PoolCorrupt);
                         }
