@@ -525,6 +525,45 @@ impl Accelerator for Liar {
     }
 }
 
+/// Inputs far from the calibration ones (scaled up, constant) saturate the ReLU6 outputs,
+/// so the integrity check's sums over MobileNet's 112×112 layers become coherent: its own
+/// rounding must stay below the tolerance meant for the accelerator's (f32 sums there
+/// once raised false alarms on these inputs).
+#[test]
+fn honest_results_pass_the_check_on_saturating_inputs() {
+    std::env::set_var("SHADOWNET_ENCLAVE_BIN", env!("CARGO_BIN_EXE_shadownet"));
+    let (g, xs) = case("mobilenet_v1");
+    let (key, pkg) = package("mobilenet_v1-saturating", &g, Scheme::Hardened);
+    let mut sm = secure::open_cpu(&pkg, &key, EnclaveMode::Inproc).unwrap();
+    sm.allow_slow_masks = true;
+    let scaled = |k: f32| -> Vec<Tensor> {
+        xs.iter()
+            .map(|t| Tensor {
+                shape: t.shape.clone(),
+                data: t.data.iter().map(|v| v * k).collect(),
+            })
+            .collect()
+    };
+    let constant: Vec<Tensor> = xs
+        .iter()
+        .map(|t| Tensor {
+            shape: t.shape.clone(),
+            data: vec![3.0; t.len()],
+        })
+        .collect();
+    for (what, inputs) in [
+        ("×64", scaled(64.0)),
+        ("×512", scaled(512.0)),
+        ("constant", constant),
+    ] {
+        let want = shadownet_kernels::run_graph(&g, &inputs).unwrap();
+        let got = sm
+            .infer(inputs)
+            .unwrap_or_else(|e| panic!("{what}: false alarm or failure: {e}"));
+        assert!(rel_err(&got[0], &want[0]) < 1e-4, "{what}");
+    }
+}
+
 #[test]
 fn bad_accelerator_replies_are_refused() {
     let (g, xs) = case("resnet44");

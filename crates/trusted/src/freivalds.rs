@@ -59,21 +59,6 @@ fn draw(rng: &mut CheckRng, n: usize, signed: bool) -> Vec<f32> {
         .collect()
 }
 
-/// Σ_i a_i·b_i in f32 with eight independent lanes, which the compiler vectorises (a
-/// single running sum must keep its order and cannot be).
-fn dot8(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    lanes.iter().sum::<f32>() + tail
-}
-
 /// s₁ = Σ_{b,o,p} u_o·v_{b,p}·y[b, o, p] for y laid out [outer, M, p], for every round's
 /// (u, v) in one pass over y.
 fn weighted_sums(y: &Tensor, uv: &[(Vec<f32>, Vec<f32>)], p: usize) -> [f64; ROUNDS] {
@@ -83,24 +68,27 @@ fn weighted_sums(y: &Tensor, uv: &[(Vec<f32>, Vec<f32>)], p: usize) -> [f64; ROU
     for (o_all, row) in y.data.chunks_exact(p).enumerate() {
         let (b, o) = (o_all / m, o_all % m);
         for (r, (u, v)) in uv.iter().enumerate() {
-            s[r] += u[o] as f64 * dot_blocks(row, &v[b * p..][..p]);
+            s[r] += u[o] as f64 * dot_f64(row, &v[b * p..][..p]);
         }
     }
     s
 }
 
-/// Σ_i a_i·b_i: f32 lanes within blocks of 256 values, blocks summed in f64. Vectorises
-/// like [`dot8`], and the f32 part's rounding stays orders below the check's tolerance.
-fn dot_blocks(a: &[f32], b: &[f32]) -> f64 {
-    a.chunks(256)
-        .zip(b.chunks(256))
-        .map(|(x, y)| dot8(x, y) as f64)
-        .sum()
-}
-
-/// Σ_i a_i·b_i in f64.
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+/// Σ_i a_i·b_i in f64 (each product exact) with eight independent lanes, so it
+/// vectorises. s₁ sums a whole output, up to millions of terms: accumulating them in f32,
+/// even in short blocks, left rounding of the order of the tolerance itself (a false alarm
+/// on MobileNet-v1's 112×112 layers).
+fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            lanes[i] += x[i] as f64 * y[i] as f64;
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(&x, &y)| x as f64 * y as f64).sum();
+    lanes.iter().sum::<f64>() + tail
 }
 
 /// For `out` positions o along one axis with stride/dilation/offset, the range of o whose
@@ -160,16 +148,19 @@ pub fn check(
             let uv = with_v(rng, n * oh * ow);
             let s1 = weighted_sums(y, &uv, oh * ow);
             // w_u per group, then s₂ = Σ_{c,ky,kx} w_u · G with G from one pass per tap.
-            let wus: Vec<Vec<f32>> = uv
+            // In f64, like every sum below: activations with a large mean (saturated
+            // ReLU6 outputs) make these sums coherent, and f32 rounding then grows with
+            // the count of terms, past the tolerance meant for the accelerator's own.
+            let wus: Vec<Vec<f64>> = uv
                 .iter()
                 .map(|(u, _)| {
-                    let mut wu = vec![0f32; c.groups * per];
+                    let mut wu = vec![0f64; c.groups * per];
                     for (o, &uo) in u.iter().enumerate() {
                         for (d, &wv) in wu[(o / og) * per..][..per]
                             .iter_mut()
                             .zip(&w.data[o * per..][..per])
                         {
-                            *d += uo * wv;
+                            *d += uo as f64 * wv as f64;
                         }
                     }
                     wu
@@ -197,21 +188,18 @@ pub fn check(
                                 for (a, (_, v)) in acc.iter_mut().zip(&uv) {
                                     let vrow = &v[(b * oh + oy) * ow..][..ow];
                                     *a += if c.stride[1] == 1 {
-                                        dot8(&vrow[x0..x1], &row[first..first + (x1 - x0)])
+                                        dot_f64(&vrow[x0..x1], &row[first..first + (x1 - x0)])
                                     } else {
-                                        let mut r = 0f32;
-                                        for (&a, &b) in vrow[x0..x1]
+                                        vrow[x0..x1]
                                             .iter()
                                             .zip(row[first..].iter().step_by(c.stride[1]))
-                                        {
-                                            r += a * b;
-                                        }
-                                        r
-                                    } as f64;
+                                            .map(|(&a, &b)| a as f64 * b as f64)
+                                            .sum()
+                                    };
                                 }
                             }
                             for ((s, a), wu) in s2.iter_mut().zip(acc).zip(&wus) {
-                                *s += wu[tap] as f64 * a;
+                                *s += wu[tap] * a;
                             }
                         }
                     }
@@ -228,12 +216,12 @@ pub fn check(
             let s1 = weighted_sums(y, &uv, oh * ow);
             let mut s2 = [0f64; ROUNDS];
             for (r, (u, v)) in uv.iter().enumerate() {
-                let mut wu = vec![0f32; cin * kh * kw];
+                let mut wu = vec![0f64; cin * kh * kw];
                 for ci in 0..cin {
                     for (o, &uo) in u.iter().enumerate() {
                         let src = &w.data[(ci * m + o) * kh * kw..][..kh * kw];
                         for (d, &wv) in wu[ci * kh * kw..][..kh * kw].iter_mut().zip(src) {
-                            *d += uo * wv;
+                            *d += uo as f64 * wv as f64;
                         }
                     }
                 }
@@ -256,11 +244,12 @@ pub fn check(
                                         let ox = (ix * c.stride[1] + kx * c.dilation[1]) as isize
                                             - c.pads[1] as isize;
                                         if ox >= 0 && ox < ow as isize {
-                                            acc += (vrow[ox as usize] * plane[iy * wd + ix]) as f64;
+                                            acc += vrow[ox as usize] as f64
+                                                * plane[iy * wd + ix] as f64;
                                         }
                                     }
                                 }
-                                s2[r] += coef as f64 * acc;
+                                s2[r] += coef * acc;
                             }
                         }
                     }
@@ -275,18 +264,16 @@ pub fn check(
             let s1 = weighted_sums(y, &uv, 1);
             let mut s2 = [0f64; ROUNDS];
             for (r, (u, v)) in uv.iter().enumerate() {
-                let mut wu = vec![0f32; kk];
-                for (i, d) in wu.iter_mut().enumerate() {
-                    *d = w.data[i * m..(i + 1) * m]
-                        .iter()
-                        .zip(u)
-                        .map(|(a, b)| a * b)
-                        .sum();
-                }
+                let wu: Vec<f64> = (0..kk)
+                    .map(|i| dot_f64(&w.data[i * m..(i + 1) * m], u))
+                    .collect();
                 s2[r] = v
                     .iter()
                     .enumerate()
-                    .map(|(i, &vr)| vr as f64 * dot(&x.data[i * kk..(i + 1) * kk], &wu))
+                    .map(|(i, &vr)| {
+                        let xr = &x.data[i * kk..(i + 1) * kk];
+                        vr as f64 * xr.iter().zip(&wu).map(|(&a, &b)| a as f64 * b).sum::<f64>()
+                    })
                     .sum();
             }
             (s1, s2, kk, 1)
