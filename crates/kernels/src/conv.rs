@@ -70,23 +70,25 @@ fn pointwise_gemm(og: usize, hw: usize, k: usize, w: &[f32], x: &[f32], out: &mu
     } else {
         par::threads()
     };
-    // Blocks of whole 16-float vectors, two per thread.
-    let block = hw.div_ceil(2 * threads).next_multiple_of(16);
-    if threads == 1 || block < 64 || hw <= block {
-        sgemm(
-            og,
-            hw,
-            k,
-            MatRef::rows(w, k),
-            MatRef::rows(x, hw),
-            out,
-            hw,
-            true,
-            threads,
-        );
-        return;
+    #[cfg(feature = "std")]
+    {
+        // Blocks of whole 16-float vectors, two per thread.
+        let block = hw.div_ceil(2 * threads).next_multiple_of(16);
+        if threads > 1 && block >= 64 && hw > block {
+            return pointwise_parallel(og, hw, k, w, x, out, block);
+        }
     }
-    pointwise_parallel(og, hw, k, w, x, out, block);
+    sgemm(
+        og,
+        hw,
+        k,
+        MatRef::rows(w, k),
+        MatRef::rows(x, hw),
+        out,
+        hw,
+        true,
+        threads,
+    );
 }
 
 #[cfg(feature = "std")]
@@ -128,29 +130,6 @@ fn pointwise_parallel(
                 )
             }
         },
-    );
-}
-
-#[cfg(not(feature = "std"))]
-fn pointwise_parallel(
-    og: usize,
-    hw: usize,
-    k: usize,
-    w: &[f32],
-    x: &[f32],
-    out: &mut [f32],
-    _block: usize,
-) {
-    sgemm(
-        og,
-        hw,
-        k,
-        MatRef::rows(w, k),
-        MatRef::rows(x, hw),
-        out,
-        hw,
-        true,
-        1,
     );
 }
 

@@ -328,68 +328,13 @@ pub fn first_bad_channel(y: &Tensor, axis: usize) -> usize {
 }
 
 /// The linear part of restoration: undoes fakes, mixing, scales and shuffles, but not the
-/// mask or the bias.
+/// mask or the bias. A non-finite value in `y` makes the whole result NaN (callers that
+/// must refuse such results use [`restore_fused`], which names the channel).
 pub fn unmix(restore: &Restore, y: &Tensor, real_shape: &[usize], axis: usize) -> Tensor {
-    let (outer, m, inner) = around(&y.shape, axis);
-    let (_, n, _) = around(real_shape, axis);
-    let mut out = vec![0f32; outer * n * inner];
-    match restore {
-        Restore::FakePairs {
-            real_pos,
-            fake_pos,
-            scale,
-            fake_scale,
-        } => {
-            for o in 0..outer {
-                for i in 0..n {
-                    let r = &y.data[(o * m + real_pos[i] as usize) * inner..][..inner];
-                    let f = &y.data[(o * m + fake_pos[i] as usize) * inner..][..inner];
-                    let d = &mut out[(o * n + i) * inner..][..inner];
-                    let (s, fs) = (scale[i], fake_scale[i]);
-                    for ((d, &r), &f) in d.iter_mut().zip(r).zip(f) {
-                        *d = s * r + fs * f;
-                    }
-                }
-            }
-        }
-        Restore::GroupShuffle {
-            groups,
-            perm,
-            scale,
-        } => {
-            let og = n / groups;
-            for o in 0..outer {
-                for (q, &p) in perm.iter().enumerate() {
-                    for r in 0..og {
-                        let real = p as usize * og + r;
-                        let src = &y.data[(o * m + q * og + r) * inner..][..inner];
-                        let d = &mut out[(o * n + real) * inner..][..inner];
-                        let s = scale[real];
-                        for (d, &v) in d.iter_mut().zip(src) {
-                            *d = s * v;
-                        }
-                    }
-                }
-            }
-        }
-        Restore::Mix { taps, .. } => {
-            for o in 0..outer {
-                for (i, t) in taps.iter().enumerate() {
-                    let d = &mut out[(o * n + i) * inner..][..inner];
-                    for &(p, c) in t {
-                        let src = &y.data[(o * m + p as usize) * inner..][..inner];
-                        for (d, &v) in d.iter_mut().zip(src) {
-                            *d += c * v;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Tensor {
+    restore_fused(restore, y, real_shape, axis, None, None, None, None).unwrap_or_else(|_| Tensor {
         shape: real_shape.to_vec(),
-        data: out,
-    }
+        data: vec![f32::NAN; real_shape.iter().product()],
+    })
 }
 
 /// The axis masks are drawn per channel along: 1 for images, the last axis otherwise.
@@ -514,10 +459,48 @@ mod tests {
     }
 
     /// The step-by-step path the fused one replaces.
+    /// Restoration written out value by value from the definitions in docs/schemes.md.
     fn reference(l: &SecretLayer, y: &Tensor, real: &[usize], act: Activation) -> Tensor {
-        let mut t = restore_output(l, y, real, 1);
-        shadownet_kernels::elementwise::activation_inplace(act, &mut t.data);
-        t
+        let (n, hw) = (real[1], real[2] * real[3]);
+        let pubc = |p: usize, q: usize| y.data[p * hw + q];
+        let mut data = vec![0f32; n * hw];
+        for i in 0..n {
+            for q in 0..hw {
+                let v = match &l.restore {
+                    Restore::FakePairs {
+                        real_pos,
+                        fake_pos,
+                        scale,
+                        fake_scale,
+                    } => {
+                        scale[i] * pubc(real_pos[i] as usize, q)
+                            + fake_scale[i] * pubc(fake_pos[i] as usize, q)
+                    }
+                    Restore::GroupShuffle {
+                        groups,
+                        perm,
+                        scale,
+                    } => {
+                        let og = n / groups;
+                        let q_group = perm.iter().position(|&g| g as usize == i / og).unwrap();
+                        scale[i] * pubc(q_group * og + i % og, q)
+                    }
+                    Restore::Mix { taps, .. } => {
+                        taps[i].iter().map(|&(p, c)| c * pubc(p as usize, q)).sum()
+                    }
+                };
+                let c = l
+                    .mask_correction
+                    .as_ref()
+                    .map_or(0.0, |c| c.data[i * hw + q]);
+                let b = l.bias.as_ref().map_or(0.0, |b| b[i]);
+                data[i * hw + q] = shadownet_kernels::elementwise::apply(act, v - c + b);
+            }
+        }
+        Tensor {
+            shape: real.to_vec(),
+            data,
+        }
     }
 
     fn fake_pairs(n: usize, m: usize) -> Restore {
@@ -531,7 +514,7 @@ mod tests {
     }
 
     #[test]
-    fn fused_restore_matches_the_separate_steps() {
+    fn fused_restore_matches_the_definition() {
         let (n, m, hw) = (6, 9, [5, 20]);
         let real = [1, n, hw[0], hw[1]];
         let public = [1, m, hw[0], hw[1]];
@@ -559,17 +542,20 @@ mod tests {
                 let want = reference(&l, &y, &real, act);
                 let mut folded = l.clone();
                 fold_bias(&mut folded, 1);
-                let got = restore_fused(
-                    &folded.restore,
-                    &y,
-                    &real,
-                    1,
-                    folded.mask_correction.as_ref(),
-                    folded.bias.as_deref(),
-                    Some(act),
-                    None,
-                )
-                .unwrap();
+                let fused = |next| {
+                    restore_fused(
+                        &folded.restore,
+                        &y,
+                        &real,
+                        1,
+                        folded.mask_correction.as_ref(),
+                        folded.bias.as_deref(),
+                        Some(act),
+                        next,
+                    )
+                    .unwrap()
+                };
+                let got = fused(None);
                 assert_eq!(got.shape, want.shape);
                 for (a, b) in got.data.iter().zip(&want.data) {
                     assert!((a - b).abs() < 1e-5, "{restore:?}: {a} vs {b}");
@@ -586,17 +572,7 @@ mod tests {
                     true,
                 );
                 let want_next = prepare_input(&next, &want);
-                let got_next = restore_fused(
-                    &folded.restore,
-                    &y,
-                    &real,
-                    1,
-                    folded.mask_correction.as_ref(),
-                    folded.bias.as_deref(),
-                    Some(act),
-                    Some(Forward { layer: &next }),
-                )
-                .unwrap();
+                let got_next = fused(Some(Forward { layer: &next }));
                 for (a, b) in got_next.data.iter().zip(&want_next.data) {
                     assert!((a - b).abs() < 1e-5, "{restore:?} forward: {a} vs {b}");
                 }
