@@ -484,9 +484,7 @@ impl TrustedCore {
             offset,
             l.bias.as_deref(),
             fused.map(|(a, _)| a),
-            forward.map(|k| restore::Forward {
-                layer: &s.model.layers[k as usize],
-            }),
+            forward.map(|k| &s.model.layers[k as usize]),
         )
         .map_err(non_finite)?;
         drop(output);

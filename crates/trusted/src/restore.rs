@@ -80,11 +80,7 @@ pub fn fold_bias(layer: &mut SecretLayer, axis: usize) {
 }
 
 pub fn add_assign(t: &mut Tensor, m: &Tensor) {
-    add_slice(&mut t.data, &m.data);
-}
-
-fn add_slice(t: &mut [f32], m: &[f32]) {
-    for (v, m) in t.iter_mut().zip(m) {
+    for (v, m) in t.data.iter_mut().zip(&m.data) {
         *v += m;
     }
 }
@@ -93,13 +89,6 @@ fn add_mask(t: &mut [f32], m: &[u16]) {
     for (v, &m) in t.iter_mut().zip(m) {
         *v += Mask::value(m);
     }
-}
-
-/// The layer a restored output feeds directly, with nothing else reading it: restoration
-/// then writes that layer's prepared input (its channel order, its fixed mask added).
-#[derive(Clone, Copy)]
-pub struct Forward<'a> {
-    pub layer: &'a SecretLayer,
 }
 
 pub fn sub_assign(t: &mut Tensor, c: &Tensor) {
@@ -194,8 +183,8 @@ pub fn all_finite(v: &[f32]) -> bool {
 /// mask's correction, a tensor of the real output's size), add `bias`, and apply `act`
 /// (the activation that follows the layer, fused as the paper's TeeShadow ops do).
 ///
-/// With `next`, the result goes straight on as the next layer's input, shuffled and masked
-/// for it (see [`Forward`]), when nothing else reads it.
+/// With `next`, the layer this output alone feeds, the result goes straight on as that
+/// layer's input: in its channel order, its fixed mask added.
 ///
 /// A public channel holding a NaN or an infinity is refused with its index: `y` comes
 /// from the untrusted accelerator. Separate passes for each step made the trusted core's
@@ -209,7 +198,7 @@ pub fn restore_fused(
     offset: Option<&Tensor>,
     bias: Option<&[f32]>,
     act: Option<Activation>,
-    next: Option<Forward<'_>>,
+    next: Option<&SecretLayer>,
 ) -> Result<Tensor, usize> {
     let (outer, m, inner) = around(&y.shape, axis);
     let (_, n, _) = around(real_shape, axis);
@@ -228,7 +217,7 @@ pub fn restore_fused(
         }
     }
     let (next_perm, next_mask) = match next {
-        Some(f) => (input_perm(&f.layer.restore), f.layer.mask.as_ref()),
+        Some(l) => (input_perm(&l.restore), l.mask.as_ref()),
         None => (None, None),
     };
     let next_group = next_perm.map_or(1, |p| n / p.len().max(1)).max(1);
@@ -572,7 +561,7 @@ mod tests {
                     true,
                 );
                 let want_next = prepare_input(&next, &want);
-                let got_next = fused(Some(Forward { layer: &next }));
+                let got_next = fused(Some(&next));
                 for (a, b) in got_next.data.iter().zip(&want_next.data) {
                     assert!((a - b).abs() < 1e-5, "{restore:?} forward: {a} vs {b}");
                 }

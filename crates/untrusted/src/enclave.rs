@@ -105,15 +105,6 @@ impl Enclave for InProcEnclave {
 /// Frames are capped so a corrupt length cannot make either side allocate wildly.
 pub const MAX_FRAME: usize = 1 << 31;
 
-pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> std::io::Result<()> {
-    if payload.len() > MAX_FRAME {
-        return Err(std::io::Error::other("frame too large"));
-    }
-    w.write_all(&(payload.len() as u32).to_le_bytes())?;
-    w.write_all(payload)?;
-    w.flush()
-}
-
 /// Writes `msg` as one frame, encoding it straight into the pipe: tensors are most of a
 /// message, and an encoded copy of a 20 MB activation is one more pass over memory.
 pub fn send_message(w: &mut impl Write, msg: &impl serde::Serialize) -> std::io::Result<()> {
