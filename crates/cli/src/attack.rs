@@ -406,7 +406,7 @@ pub fn mask_reuse(
     for (&i, t) in g.inputs.iter().zip(&victim) {
         vals[i] = Some(t.clone());
     }
-    shadownet_kernels::run_graph_observed(g, &victim, |k, outs| {
+    shadownet_cpu::run_graph_observed(g, &victim, |k, outs| {
         for (&o, t) in g.nodes[k].outputs.iter().zip(outs) {
             if want.contains(&o) {
                 vals[o] = Some((*t).clone());

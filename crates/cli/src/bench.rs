@@ -222,7 +222,7 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         .iter()
         .map(|(_, s)| random_input(s, &mut rng))
         .collect::<Result<Vec<_>>>()?;
-    let want = shadownet_kernels::run_graph(g, &xs).context("plain inference failed")?;
+    let want = shadownet_cpu::run_graph(g, &xs).context("plain inference failed")?;
 
     // One device key for every package; the enclave process reads it from a file.
     let tmp = TempDir::new()?;
@@ -309,9 +309,9 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         for it in 0..args.warmup + args.runs {
             let timed = it >= args.warmup;
             // An untimed plain run first brings the plain model's data into cache.
-            shadownet_kernels::run_graph(g, &xs).context("plain inference failed")?;
+            shadownet_cpu::run_graph(g, &xs).context("plain inference failed")?;
             let t0 = Instant::now();
-            let y = shadownet_kernels::run_graph(g, &xs).context("plain inference failed")?;
+            let y = shadownet_cpu::run_graph(g, &xs).context("plain inference failed")?;
             let plain_dt = ms(t0);
             drop(y);
             if timed {

@@ -203,7 +203,7 @@ pub fn run(a: &TraceArgs) -> Result<()> {
 
     let mut rows: Vec<Row> = Vec::with_capacity(g.nodes.len());
     let mut sim_error: Option<anyhow::Error> = None;
-    shadownet_kernels::run_graph_observed(g, &inputs, |k, outs| {
+    shadownet_cpu::run_graph_observed(g, &inputs, |k, outs| {
         let node = &g.nodes[k];
         let max_plain = outs
             .iter()
@@ -637,7 +637,7 @@ impl<'a> SecureSim<'a> {
                 .iter()
                 .map(|&i| self.fetch(i))
                 .collect::<Result<Vec<_>>>()?;
-            return Ok(shadownet_kernels::eval(&node.name, &node.op, &xs)?);
+            return Ok(shadownet_cpu::eval(&node.name, &node.op, &xs)?);
         };
         let (sl, pl) = (&self.secret.layers[l], &self.public.layers[l]);
         let x = self.fetch(node.inputs[0])?;
@@ -645,7 +645,7 @@ impl<'a> SecureSim<'a> {
         let axis = pl.kind.channel_axis(real_shape.len());
         let op = pl.kind.op();
         let linear = |t: &Tensor| -> Result<Tensor> {
-            let y = shadownet_kernels::eval(&node.name, &op, &[t, &pl.weight])?
+            let y = shadownet_cpu::eval(&node.name, &op, &[t, &pl.weight])?
                 .into_iter()
                 .next()
                 .ok_or_else(|| anyhow!("layer {l}: the linear op returned nothing"))?;

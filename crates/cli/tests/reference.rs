@@ -58,8 +58,8 @@ fn check_case(name: &str, tolerance: f32) {
                 .clone()
         })
         .collect();
-    let outs = shadownet_kernels::run_graph(g, &ordered)
-        .unwrap_or_else(|e| panic!("{name}: run failed: {e}"));
+    let outs =
+        shadownet_cpu::run_graph(g, &ordered).unwrap_or_else(|e| panic!("{name}: run failed: {e}"));
     assert_eq!(outs.len(), expected.len(), "{name}: output count");
     for (&o, t) in g.outputs.iter().zip(&outs) {
         let oname = &g.values[o].name;

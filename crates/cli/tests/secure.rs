@@ -46,7 +46,7 @@ fn check_matches_plain(name: &str, scheme: Scheme, tolerance: f32) {
     // Every test in this binary wants the real `shadownet` as the enclave process.
     std::env::set_var("SHADOWNET_ENCLAVE_BIN", env!("CARGO_BIN_EXE_shadownet"));
     let (g, xs) = case(name);
-    let plain = shadownet_kernels::run_graph(&g, &xs).unwrap();
+    let plain = shadownet_cpu::run_graph(&g, &xs).unwrap();
     let (key, pkg) = package(name, &g, scheme);
     for mode in [EnclaveMode::Inproc, EnclaveMode::Process] {
         let mut sm =
@@ -175,7 +175,7 @@ fn plain_values(g: &Graph, xs: &[Tensor]) -> HashMap<usize, Tensor> {
     for (&i, t) in g.inputs.iter().zip(xs) {
         vals.insert(i, t.clone());
     }
-    shadownet_kernels::run_graph_observed(g, xs, |k, outs| {
+    shadownet_cpu::run_graph_observed(g, xs, |k, outs| {
         for (&o, t) in g.nodes[k].outputs.iter().zip(outs) {
             vals.insert(o, (*t).clone());
         }
@@ -556,7 +556,7 @@ fn honest_results_pass_the_check_on_saturating_inputs() {
         ("×512", scaled(512.0)),
         ("constant", constant),
     ] {
-        let want = shadownet_kernels::run_graph(&g, &inputs).unwrap();
+        let want = shadownet_cpu::run_graph(&g, &inputs).unwrap();
         let got = sm
             .infer(inputs)
             .unwrap_or_else(|e| panic!("{what}: false alarm or failure: {e}"));

@@ -113,7 +113,7 @@ fn planted_restore_error_is_the_first_secure_divergence() {
         .map(|&i| inputs[&g.values[i].name].clone())
         .collect();
     let mut channel_peak = Vec::new();
-    shadownet_kernels::run_graph_observed(&g, &xs, |k, outs| {
+    shadownet_cpu::run_graph_observed(&g, &xs, |k, outs| {
         if k == node {
             let t = outs[0];
             let (c, inner) = (t.shape[1], t.shape[2..].iter().product::<usize>());

@@ -11,7 +11,6 @@ use alloc::vec::Vec;
 use shadownet_ir::{Conv, ConvTranspose, Tensor};
 
 use crate::gemm::{sgemm, MatRef};
-use crate::par;
 
 /// Floats of im2col tile kept per worker: about half of a 1 MiB L2.
 const TILE_FLOATS: usize = 128 * 1024;
@@ -62,22 +61,8 @@ pub fn conv2d(
     }
 }
 
-/// A 1×1 convolution: out (og × hw) += w (og × k) · x (k × hw). Threads take column
-/// blocks, each a single-threaded GEMM, as the tiled path does (see `conv_tiles`).
+/// A 1×1 convolution: out (og × hw) += w (og × k) · x (k × hw).
 fn pointwise_gemm(og: usize, hw: usize, k: usize, w: &[f32], x: &[f32], out: &mut [f32]) {
-    let threads = if og * k * hw < crate::gemm::PARALLEL_MIN_MACS {
-        1
-    } else {
-        par::threads()
-    };
-    #[cfg(feature = "std")]
-    {
-        // Blocks of whole 16-float vectors, two per thread.
-        let block = hw.div_ceil(2 * threads).next_multiple_of(16);
-        if threads > 1 && block >= 64 && hw > block {
-            return pointwise_parallel(og, hw, k, w, x, out, block);
-        }
-    }
     sgemm(
         og,
         hw,
@@ -87,49 +72,6 @@ fn pointwise_gemm(og: usize, hw: usize, k: usize, w: &[f32], x: &[f32], out: &mu
         out,
         hw,
         true,
-        threads,
-    );
-}
-
-#[cfg(feature = "std")]
-fn pointwise_parallel(
-    og: usize,
-    hw: usize,
-    k: usize,
-    w: &[f32],
-    x: &[f32],
-    out: &mut [f32],
-    block: usize,
-) {
-    struct OutPtr(*mut f32);
-    // SAFETY: each task writes only its own columns [p0, p0 + len) of every row, so no
-    // two tasks touch the same element, and `out` outlives the parallel loop.
-    unsafe impl Send for OutPtr {}
-    unsafe impl Sync for OutPtr {}
-    assert!(out.len() >= og * hw && x.len() >= k * hw);
-    let ptr = OutPtr(out.as_mut_ptr());
-    par::for_each_index_with(
-        hw.div_ceil(block),
-        || (),
-        |_, t| {
-            let p0 = t * block;
-            let len = block.min(hw - p0);
-            let p = &ptr;
-            // SAFETY: see OutPtr; rows are hw apart and p0 + len <= hw; columns p0.. of
-            // x's k rows lie within x[p0..].
-            unsafe {
-                crate::gemm::sgemm_raw(
-                    og,
-                    len,
-                    k,
-                    MatRef::rows(w, k),
-                    MatRef::rows(&x[p0..], hw),
-                    p.0.add(p0),
-                    hw,
-                    true,
-                )
-            }
-        },
     );
 }
 
@@ -145,111 +87,27 @@ fn conv_tiles(
 ) {
     let k = x.len() / (in_hw[0] * in_hw[1]) * c.kernel[0] * c.kernel[1];
     let hw = out_hw[0] * out_hw[1];
-    let threads = if og * k * hw < crate::gemm::PARALLEL_MIN_MACS {
-        1
-    } else {
-        par::threads()
-    };
-    // Threads share out tiles, each a single-threaded GEMM: the `gemm` crate's own
-    // threading on a tile's small GEMM ran 2.6× slower than one thread (3×3 32→36 at 32²),
-    // so tiles are cut small enough for two per thread where the image allows.
-    let mut tile = (TILE_FLOATS / k).clamp(64, 2048).min(hw);
-    if threads > 1 {
-        tile = tile.min(hw.div_ceil(2 * threads).max(64));
+    let tile = (TILE_FLOATS / k).clamp(64, 2048).min(hw);
+    let mut buf = vec![0f32; k * tile];
+    for p0 in (0..hw).step_by(tile) {
+        let len = tile.min(hw - p0);
+        im2col(x, in_hw, c, out_hw, p0, len, &mut buf[..k * len]);
+        // Columns p0.. of every output row: a strided block starting at p0.
+        sgemm(
+            og,
+            len,
+            k,
+            MatRef::rows(w, k),
+            MatRef::rows(&buf, len),
+            &mut out[p0..],
+            hw,
+            true,
+        );
     }
-    let ntiles = hw.div_ceil(tile);
-    if ntiles < 2 * threads || threads == 1 {
-        // Too few tiles to share out: let the GEMM itself use the pool.
-        let mut buf = vec![0f32; k * tile];
-        for t in 0..ntiles {
-            let p0 = t * tile;
-            let len = tile.min(hw - p0);
-            im2col(x, in_hw, c, out_hw, p0, len, &mut buf[..k * len]);
-            // Columns p0.. of every output row: a strided block starting at p0.
-            sgemm(
-                og,
-                len,
-                k,
-                MatRef::rows(w, k),
-                MatRef::rows(&buf, len),
-                &mut out[p0..],
-                hw,
-                true,
-                threads,
-            );
-        }
-        return;
-    }
-    conv_tiles_parallel(x, in_hw, w, og, c, out, out_hw, k, tile, ntiles);
-}
-
-#[cfg(feature = "std")]
-#[allow(clippy::too_many_arguments)]
-fn conv_tiles_parallel(
-    x: &[f32],
-    in_hw: [usize; 2],
-    w: &[f32],
-    og: usize,
-    c: &Conv,
-    out: &mut [f32],
-    out_hw: [usize; 2],
-    k: usize,
-    tile: usize,
-    ntiles: usize,
-) {
-    struct OutPtr(*mut f32);
-    // SAFETY: each task writes only its own columns [p0, p0 + len) of every row, so no
-    // two tasks touch the same element, and `out` outlives the parallel loop.
-    unsafe impl Send for OutPtr {}
-    unsafe impl Sync for OutPtr {}
-    let hw = out_hw[0] * out_hw[1];
-    assert!(out.len() >= og * hw);
-    let ptr = OutPtr(out.as_mut_ptr());
-    par::for_each_index_with(
-        ntiles,
-        || vec![0f32; k * tile],
-        |buf, t| {
-            let p0 = t * tile;
-            let len = tile.min(hw - p0);
-            im2col(x, in_hw, c, out_hw, p0, len, &mut buf[..k * len]);
-            let p = &ptr;
-            // SAFETY: see OutPtr; rows are hw apart and p0 + len <= hw.
-            unsafe {
-                crate::gemm::sgemm_raw(
-                    og,
-                    len,
-                    k,
-                    MatRef::rows(w, k),
-                    MatRef::rows(buf, len),
-                    p.0.add(p0),
-                    hw,
-                    true,
-                )
-            }
-        },
-    );
-}
-
-#[cfg(not(feature = "std"))]
-#[allow(clippy::too_many_arguments)]
-fn conv_tiles_parallel(
-    x: &[f32],
-    in_hw: [usize; 2],
-    w: &[f32],
-    og: usize,
-    c: &Conv,
-    out: &mut [f32],
-    out_hw: [usize; 2],
-    k: usize,
-    tile: usize,
-    ntiles: usize,
-) {
-    // Without threads conv_tiles never takes the parallel path.
-    let _ = (x, in_hw, w, og, c, out, out_hw, k, tile, ntiles);
 }
 
 /// Fills `buf` (k × len, row-major) with the im2col columns of output pixels p0..p0+len.
-fn im2col(
+pub fn im2col(
     x: &[f32],
     in_hw: [usize; 2],
     c: &Conv,
@@ -308,7 +166,7 @@ fn im2col(
 
 /// For outputs ox0..ox0+len, the sub-range [a, b) (relative to ox0) whose input column
 /// ox*stride + off falls inside [0, w).
-fn valid_range(ox0: usize, len: usize, stride: usize, off: isize, w: usize) -> (usize, usize) {
+pub fn valid_range(ox0: usize, len: usize, stride: usize, off: isize, w: usize) -> (usize, usize) {
     let s = stride as isize;
     // first ox with ox*s + off >= 0
     let lo = if off >= 0 { 0 } else { ((-off) + s - 1) / s };
@@ -350,75 +208,33 @@ fn depthwise(
     };
     // Slack past the last phase lets every row block read a full SIMD width.
     let scratch = geom.ph * geom.pwp * c.stride[1] + DW_BLOCK;
-    par::for_each_chunk_with(
-        out,
-        oh * ow,
-        || vec![0f32; scratch],
-        |buf, plane_idx, plane| {
-            let (b, oc) = (plane_idx / o, plane_idx % o);
-            let ic = oc / mult;
-            let xin = &x.data[(b * cin + ic) * h * wd..(b * cin + ic + 1) * h * wd];
-            let wk = &w.data[oc * kh * kw..(oc + 1) * kh * kw];
-            let b = bias.map_or(0.0, |t| t.data[oc]);
-            dw_plane(&geom, xin, wk, b, buf, plane);
-        },
-    );
-}
-
-struct DwGeom {
-    in_hw: [usize; 2],
-    out_hw: [usize; 2],
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    dilation: [usize; 2],
-    pads: [usize; 2],
-    ph: usize,
-    pwp: usize,
-}
-
-fn dw_plane(g: &DwGeom, x: &[f32], w: &[f32], bias: f32, buf: &mut [f32], out: &mut [f32]) {
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { dw_plane_avx512(g, x, w, bias, buf, out) };
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { dw_plane_avx2(g, x, w, bias, buf, out) };
-        }
+    let mut buf = vec![0f32; scratch];
+    for (plane_idx, plane) in out.chunks_mut((oh * ow).max(1)).enumerate() {
+        let (b, oc) = (plane_idx / o, plane_idx % o);
+        let ic = oc / mult;
+        let xin = &x.data[(b * cin + ic) * h * wd..(b * cin + ic + 1) * h * wd];
+        let wk = &w.data[oc * kh * kw..(oc + 1) * kh * kw];
+        let b = bias.map_or(0.0, |t| t.data[oc]);
+        dw_plane(&geom, xin, wk, b, &mut buf, plane);
     }
-    dw_plane_impl(g, x, w, bias, buf, out)
 }
 
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx512f")]
-unsafe fn dw_plane_avx512(
-    g: &DwGeom,
-    x: &[f32],
-    w: &[f32],
-    bias: f32,
-    buf: &mut [f32],
-    out: &mut [f32],
-) {
-    dw_plane_impl(g, x, w, bias, buf, out)
+pub struct DwGeom {
+    pub in_hw: [usize; 2],
+    pub out_hw: [usize; 2],
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    pub pads: [usize; 2],
+    pub ph: usize,
+    pub pwp: usize,
 }
 
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2")]
-unsafe fn dw_plane_avx2(
-    g: &DwGeom,
-    x: &[f32],
-    w: &[f32],
-    bias: f32,
-    buf: &mut [f32],
-    out: &mut [f32],
-) {
-    dw_plane_impl(g, x, w, bias, buf, out)
-}
-
+/// One output plane of a depthwise conv (`buf`: scratch of at least
+/// `ph·pwp·stride + DW_BLOCK` floats). Inlined so a host wrapper compiled for wider
+/// vectors gets its own copy.
 #[inline(always)]
-fn dw_plane_impl(g: &DwGeom, x: &[f32], w: &[f32], bias: f32, buf: &mut [f32], out: &mut [f32]) {
+pub fn dw_plane(g: &DwGeom, x: &[f32], w: &[f32], bias: f32, buf: &mut [f32], out: &mut [f32]) {
     let [h, wd] = g.in_hw;
     let [oh, ow] = g.out_hw;
     let [kh, kw] = g.kernel;
@@ -520,7 +336,7 @@ fn dw_rows<const B: usize>(
 }
 
 /// The widest row block (see `dw_rows`): scratch slack so every block reads in bounds.
-const DW_BLOCK: usize = 64;
+pub const DW_BLOCK: usize = 64;
 
 /// Transposed convolution as GEMM + col2im: cols = Wᵀ·X, then each column is scattered
 /// into the output window it came from.
@@ -561,7 +377,6 @@ pub fn conv_transpose2d(
                 &mut cols,
                 hw,
                 false,
-                par::threads(),
             );
             for oc in 0..og {
                 let plane = &mut out
@@ -613,7 +428,6 @@ pub fn matmul(a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Tensor {
     let batch = shadownet_ir::broadcast_shapes(a_batch, b_batch).unwrap_or_default();
     let nb: usize = batch.iter().product();
     let mut out = vec![0f32; nb * m * n];
-    let threads = par::threads();
     if b_batch.iter().product::<usize>() == 1
         && m * nb > 1
         && a_batch.iter().product::<usize>() == nb
@@ -628,7 +442,6 @@ pub fn matmul(a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Tensor {
             &mut out,
             n,
             false,
-            threads,
         );
     } else {
         for bi in 0..nb {
@@ -643,7 +456,6 @@ pub fn matmul(a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Tensor {
                 &mut out[bi * m * n..(bi + 1) * m * n],
                 n,
                 false,
-                threads,
             );
         }
     }

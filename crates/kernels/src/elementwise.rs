@@ -7,8 +7,6 @@ use alloc::vec::Vec;
 
 use shadownet_ir::{Activation, BinaryOp, Tensor};
 
-use crate::par;
-
 #[inline]
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + libm::expf(-x))
@@ -79,37 +77,23 @@ pub fn activation_inplace(a: Activation, data: &mut [f32]) {
     // vector code: through `apply`'s match LeakyReLU ran at a few ns per value, and the
     // trusted core spent a third of YOLOv4-tiny there. Formulas match `apply` exactly.
     match a {
-        Activation::Relu => map(data, 64 * 1024, |x| x.max(0.0)),
-        Activation::Clip { min, max } => map(data, 64 * 1024, move |x| x.max(min).min(max)),
-        Activation::LeakyRelu { alpha } => {
-            map(
-                data,
-                64 * 1024,
-                move |x| {
-                    if x >= 0.0 {
-                        x
-                    } else {
-                        alpha * x
-                    }
-                },
-            )
-        }
+        Activation::Relu => map(data, |x| x.max(0.0)),
+        Activation::Clip { min, max } => map(data, move |x| x.max(min).min(max)),
+        Activation::LeakyRelu { alpha } => map(data, move |x| if x >= 0.0 { x } else { alpha * x }),
         Activation::HardSigmoid { alpha, beta } => {
-            map(data, 64 * 1024, move |x| (alpha * x + beta).clamp(0.0, 1.0))
+            map(data, move |x| (alpha * x + beta).clamp(0.0, 1.0))
         }
-        Activation::HardSwish => map(data, 64 * 1024, |x| x * (x / 6.0 + 0.5).clamp(0.0, 1.0)),
-        Activation::Neg => map(data, 64 * 1024, |x| -x),
-        Activation::Abs => map(data, 64 * 1024, |x| x.abs()),
-        _ => map(data, 16 * 1024, move |x| apply(a, x)),
+        Activation::HardSwish => map(data, |x| x * (x / 6.0 + 0.5).clamp(0.0, 1.0)),
+        Activation::Neg => map(data, |x| -x),
+        Activation::Abs => map(data, |x| x.abs()),
+        _ => map(data, move |x| apply(a, x)),
     }
 }
 
-fn map(data: &mut [f32], chunk: usize, f: impl Fn(f32) -> f32 + Send + Sync) {
-    par::for_each_chunk(data, chunk, |_, c| {
-        for v in c {
-            *v = f(*v);
-        }
-    })
+fn map(data: &mut [f32], f: impl Fn(f32) -> f32) {
+    for v in data {
+        *v = f(*v);
+    }
 }
 
 #[inline]

@@ -58,8 +58,7 @@ impl fmt::Display for Error {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for Error {}
+impl core::error::Error for Error {}
 
 impl From<shadownet_ir::Error> for Error {
     fn from(e: shadownet_ir::Error) -> Self {

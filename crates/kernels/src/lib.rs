@@ -1,8 +1,11 @@
-//! CPU kernels for the shadownet op set and a plain graph executor.
+//! Portable kernels for the shadownet op set and a graph executor.
 //!
-//! `no_std + alloc` so the trusted core can evaluate nonlinear ops with exactly the code
-//! the host uses; the `rayon` feature turns on the multi-threaded paths for the host.
-#![cfg_attr(not(feature = "std"), no_std)]
+//! `no_std + alloc`, single-threaded and free of `unsafe`: this is the only kernel code the
+//! trusted core links, so the code its tests run is the code it ships. The host's fast
+//! paths (SIMD GEMM, threads) live in `shadownet-cpu`, which falls back to these kernels
+//! for every op it does not accelerate, so both sides agree on the nonlinear ops.
+#![no_std]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 
@@ -12,11 +15,9 @@ mod error;
 pub mod gemm;
 pub mod layout;
 pub mod norm;
-mod par;
 pub mod pool;
 
 pub use error::{Error, Result};
-pub use par::{sequential, threads};
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -32,7 +33,7 @@ pub fn eval(node: &str, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
 }
 
 /// Evaluates `op` for inputs whose shapes already produced `outs` through `infer_shapes`.
-fn eval_unchecked(op: &Op, x: &[&Tensor], outs: &[Vec<usize>]) -> Result<Vec<Tensor>> {
+pub fn eval_unchecked(op: &Op, x: &[&Tensor], outs: &[Vec<usize>]) -> Result<Vec<Tensor>> {
     let out = &outs[0];
     let one = |t: Tensor| Ok(vec![t]);
     match op {
@@ -96,19 +97,24 @@ fn eval_unchecked(op: &Op, x: &[&Tensor], outs: &[Vec<usize>]) -> Result<Vec<Ten
 
 /// Runs a whole graph on its inputs (in graph-input order) and returns its outputs.
 pub fn run_graph(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-    // From a pool worker, as secure inference runs its layers: each op starts on this
-    // thread at once instead of first waiting for a sleeping worker to wake.
-    #[cfg(feature = "rayon")]
-    if rayon::current_thread_index().is_none() && par::threads() > 1 {
-        return rayon::scope(|_| run_graph_observed(g, inputs, |_, _| {}));
-    }
-    run_graph_observed(g, inputs, |_, _| {})
+    run_graph_with(g, inputs, eval_unchecked, |_, _| {})
 }
 
 /// Like [`run_graph`], calling `observe(node_index, outputs)` after each node, for tracing.
 pub fn run_graph_observed(
     g: &Graph,
     inputs: &[Tensor],
+    observe: impl FnMut(usize, &[&Tensor]),
+) -> Result<Vec<Tensor>> {
+    run_graph_with(g, inputs, eval_unchecked, observe)
+}
+
+/// The executor behind [`run_graph`], with the kernel dispatch `eval` (called like
+/// [`eval_unchecked`]) supplied by the caller: the host passes its accelerated one.
+pub fn run_graph_with(
+    g: &Graph,
+    inputs: &[Tensor],
+    eval: impl Fn(&Op, &[&Tensor], &[Vec<usize>]) -> Result<Vec<Tensor>>,
     mut observe: impl FnMut(usize, &[&Tensor]),
 ) -> Result<Vec<Tensor>> {
     let mut vals: Vec<Option<Tensor>> = vec![None; g.values.len()];
@@ -150,7 +156,7 @@ pub fn run_graph_observed(
                 .iter()
                 .map(|&o| g.values[o].shape.clone())
                 .collect();
-            eval_unchecked(&node.op, &xs, &shapes)?
+            eval(&node.op, &xs, &shapes)?
         };
         {
             let refs: Vec<&Tensor> = outs.iter().collect();

@@ -3,12 +3,34 @@ use alloc::vec;
 
 use shadownet_ir::{Pool, Tensor};
 
-use crate::par;
-
 pub fn pool2d(x: &Tensor, p: &Pool, max: bool, out_shape: &[usize]) -> Tensor {
-    let (h, w) = (x.shape[2], x.shape[3]);
-    let (oh, ow) = (out_shape[2], out_shape[3]);
     let mut out = vec![0f32; out_shape.iter().product()];
+    pool2d_planes(
+        &x.data,
+        [x.shape[2], x.shape[3]],
+        p,
+        max,
+        [out_shape[2], out_shape[3]],
+        &mut out,
+    );
+    Tensor {
+        shape: out_shape.to_vec(),
+        data: out,
+    }
+}
+
+/// Pools every plane of `x` (planes of `in_hw`) into the matching plane of `out` (planes
+/// of `out_hw`): the host hands each thread a run of planes.
+pub fn pool2d_planes(
+    x: &[f32],
+    in_hw: [usize; 2],
+    p: &Pool,
+    max: bool,
+    out_hw: [usize; 2],
+    out: &mut [f32],
+) {
+    let [h, w] = in_hw;
+    let [oh, ow] = out_hw;
     let [kh, kw] = p.kernel;
     let [sh, sw] = p.stride;
     let [dh, dw] = p.dilation;
@@ -25,17 +47,14 @@ pub fn pool2d(x: &Tensor, p: &Pool, max: bool, out_shape: &[usize]) -> Tensor {
         && oh * sh <= h
         && ow * sw <= w;
     if tiled {
-        par::for_each_chunk(&mut out, oh * ow, |plane, o| {
-            let xin = &x.data[plane * h * w..(plane + 1) * h * w];
+        for (plane, o) in out.chunks_mut((oh * ow).max(1)).enumerate() {
+            let xin = &x[plane * h * w..(plane + 1) * h * w];
             tiled_plane(xin, w, [kh, kw], max, o, ow);
-        });
-        return Tensor {
-            shape: out_shape.to_vec(),
-            data: out,
-        };
+        }
+        return;
     }
-    par::for_each_chunk(&mut out, oh * ow, |plane, o| {
-        let xin = &x.data[plane * h * w..(plane + 1) * h * w];
+    for (plane, o) in out.chunks_mut((oh * ow).max(1)).enumerate() {
+        let xin = &x[plane * h * w..(plane + 1) * h * w];
         for oy in 0..oh {
             for ox in 0..ow {
                 let y0 = (oy * sh) as isize - pt;
@@ -85,10 +104,6 @@ pub fn pool2d(x: &Tensor, p: &Pool, max: bool, out_shape: &[usize]) -> Tensor {
                 };
             }
         }
-    });
-    Tensor {
-        shape: out_shape.to_vec(),
-        data: out,
     }
 }
 

@@ -24,7 +24,7 @@ pub enum Error {
     #[error("the model has no linear layer with constant weights: nothing to outsource")]
     NothingToOutsource,
     #[error("calibration run failed: {0}")]
-    Kernel(#[from] shadownet_kernels::Error),
+    Kernel(#[from] shadownet_cpu::Error),
     #[error("cannot write {path}: {source}")]
     Io {
         path: String,
@@ -224,7 +224,7 @@ fn activation_stds(g: &Graph, rng: &mut Rng) -> Result<Vec<Vec<f32>>> {
     for (&i, t) in g.inputs.iter().zip(&inputs) {
         stds[i] = channel_rms(t);
     }
-    shadownet_kernels::run_graph_observed(g, &inputs, |k, outs| {
+    shadownet_cpu::run_graph_observed(g, &inputs, |k, outs| {
         for (&o, t) in g.nodes[k].outputs.iter().zip(outs) {
             stds[o] = channel_rms(t);
         }
@@ -342,7 +342,7 @@ fn protect_layer(
         // not the vendor's secret); every other layer's input is masked.
         // The correction is computed from the mask exactly as the trusted core keeps it.
         let mask = Mask::from_f32(&draw_mask(g.shape(x), &stds[x], opts.mask_scale(), rng));
-        let through = shadownet_kernels::eval("mask", &kind.op(), &[&mask.to_tensor(), &weight])?;
+        let through = shadownet_cpu::eval("mask", &kind.op(), &[&mask.to_tensor(), &weight])?;
         layer.mask_correction = Some(restore::restore_output(
             &layer,
             &through[0],

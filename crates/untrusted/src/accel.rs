@@ -46,7 +46,7 @@ impl Accelerator for CpuAccelerator {
             )));
         }
         let mut out =
-            shadownet_kernels::eval(&format!("layer{layer}"), &l.kind.op(), &[input, &l.weight])
+            shadownet_cpu::eval(&format!("layer{layer}"), &l.kind.op(), &[input, &l.weight])
                 .map_err(|e| Error::Accel(e.to_string()))?;
         Ok(out.remove(0))
     }

@@ -98,7 +98,7 @@ impl InProcEnclave {
 impl Enclave for InProcEnclave {
     fn call(&mut self, msg: HostToTee) -> Result<TeeToHost> {
         let core = &mut self.core;
-        Ok(shadownet_kernels::sequential(|| core.handle(msg)))
+        Ok(shadownet_cpu::sequential(|| core.handle(msg)))
     }
 }
 

@@ -130,7 +130,7 @@ pub fn cross(a: &[f32], n: usize, b: &[f32], m: usize, d: usize) -> Vec<f32> {
         shape: vec![d, m],
         data: bt,
     };
-    match shadownet_kernels::eval("cross", &Op::MatMul, &[&at, &btt]) {
+    match shadownet_cpu::eval("cross", &Op::MatMul, &[&at, &btt]) {
         Ok(mut v) if !v.is_empty() => v.remove(0).data,
         // Shapes are consistent by construction; fall back to the plain loop regardless.
         _ => {

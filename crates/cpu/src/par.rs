@@ -1,6 +1,5 @@
 //! The one place that decides between the rayon pool (host) and a plain loop (trusted core).
 
-#[cfg(feature = "rayon")]
 std::thread_local! {
     static SEQUENTIAL: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
 }
@@ -9,32 +8,22 @@ std::thread_local! {
 /// trusted core in-process, with a TEE's single core, without handing each call to
 /// another thread.
 pub fn sequential<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(feature = "rayon")]
     {
         let before = SEQUENTIAL.with(|s| s.replace(true));
         let r = f();
         SEQUENTIAL.with(|s| s.set(before));
         r
     }
-    #[cfg(not(feature = "rayon"))]
-    {
-        f()
-    }
 }
 
 /// Number of worker threads available to kernels.
 pub fn threads() -> usize {
-    #[cfg(feature = "rayon")]
     {
         if SEQUENTIAL.with(|s| s.get()) {
             1
         } else {
             rayon::current_num_threads()
         }
-    }
-    #[cfg(not(feature = "rayon"))]
-    {
-        1
     }
 }
 
@@ -46,7 +35,6 @@ where
     if chunk == 0 {
         return;
     }
-    #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;
         // Tiny tensors are not worth waking the pool for.
@@ -71,7 +59,6 @@ where
     if chunk == 0 {
         return;
     }
-    #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;
         if data.len() >= 16 * 1024 && threads() > 1 {
@@ -88,13 +75,11 @@ where
 }
 
 /// Calls `f(i)` for i in 0..n, in parallel on the host, giving each worker its own scratch.
-#[cfg_attr(not(feature = "std"), allow(dead_code))]
 pub fn for_each_index_with<S, I, F>(n: usize, init: I, f: F)
 where
     I: Fn() -> S + Send + Sync,
     F: Fn(&mut S, usize) + Send + Sync,
 {
-    #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;
         if n > 1 && threads() > 1 {

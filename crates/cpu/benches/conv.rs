@@ -1,6 +1,6 @@
 //! Conv kernel throughput on the shapes quoted in DEVELOPERS.md (ONNX Runtime, one core:
 //! 3×3 64→64 at 56×56 in 0.92 ms, 3×3 depthwise 128 ch at 56×56 in 0.12 ms).
-//! Run with `RAYON_NUM_THREADS=1 cargo bench -p shadownet-kernels` for the one-core numbers.
+//! Run with `RAYON_NUM_THREADS=1 cargo bench -p shadownet-cpu` for the one-core numbers.
 use criterion::{criterion_group, criterion_main, Criterion};
 use shadownet_ir::{Conv, Op, Tensor};
 
@@ -38,7 +38,7 @@ fn conv(
     let w = t(&[cout, cin / groups, k, k]);
     let b = t(&[cout]);
     c.bench_function(name, |bch| {
-        bch.iter(|| shadownet_kernels::eval("bench", &op, &[&x, &w, &b]).unwrap())
+        bch.iter(|| shadownet_cpu::eval("bench", &op, &[&x, &w, &b]).unwrap())
     });
 }
 

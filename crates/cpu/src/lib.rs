@@ -1,0 +1,65 @@
+//! The host's CPU kernels: the untrusted side's accelerator and its plain engine.
+//!
+//! Convolutions and matmuls run as packed SIMD GEMM (the `gemm` crate, AVX-512 by runtime
+//! dispatch) with threads sharing out tiles on one rayon pool; pooling and activations
+//! split their planes over the same pool. Every other op, and every op's semantics, comes
+//! from the portable `shadownet-kernels`, which is all the trusted core links: nothing in
+//! this crate may ever be a dependency of `shadownet-trusted`.
+
+pub mod conv;
+pub mod gemm;
+mod par;
+pub mod pool;
+
+pub use par::{sequential, threads};
+pub use shadownet_kernels::{elementwise, layout, norm, Error, Result};
+
+use shadownet_ir::{infer_shapes, Graph, Op, Tensor};
+
+/// Evaluates one op on its inputs. The output shapes are re-derived from the actual input
+/// shapes, so a caller passing inconsistent tensors gets an error, not a wrong answer.
+pub fn eval(node: &str, op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape.clone()).collect();
+    let outs = infer_shapes(node, op, &shapes)?;
+    eval_unchecked(op, inputs, &outs)
+}
+
+/// The host's dispatch: accelerated kernels where there are any, the portable ones for
+/// the rest.
+pub fn eval_unchecked(op: &Op, x: &[&Tensor], outs: &[Vec<usize>]) -> Result<Vec<Tensor>> {
+    let out = &outs[0];
+    Ok(vec![match op {
+        Op::Conv(c) => conv::conv2d(x[0], x[1], x.get(2).copied(), c, out),
+        Op::ConvTranspose(c) => conv::conv_transpose2d(x[0], x[1], x.get(2).copied(), c, out),
+        Op::MatMul => conv::matmul(x[0], x[1], out),
+        Op::MaxPool(p) => pool::pool2d(x[0], p, true, out),
+        Op::AvgPool(p) => pool::pool2d(x[0], p, false, out),
+        Op::Act(a) => {
+            let mut t = x[0].clone();
+            par::for_each_chunk(&mut t.data, 16 * 1024, |_, c| {
+                elementwise::activation_inplace(*a, c)
+            });
+            t
+        }
+        _ => return shadownet_kernels::eval_unchecked(op, x, outs),
+    }])
+}
+
+/// Runs a whole graph on its inputs (in graph-input order) and returns its outputs.
+pub fn run_graph(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+    // From a pool worker, as secure inference runs its layers: each op starts on this
+    // thread at once instead of first waiting for a sleeping worker to wake.
+    if rayon::current_thread_index().is_none() && par::threads() > 1 {
+        return rayon::scope(|_| run_graph_observed(g, inputs, |_, _| {}));
+    }
+    run_graph_observed(g, inputs, |_, _| {})
+}
+
+/// Like [`run_graph`], calling `observe(node_index, outputs)` after each node, for tracing.
+pub fn run_graph_observed(
+    g: &Graph,
+    inputs: &[Tensor],
+    observe: impl FnMut(usize, &[&Tensor]),
+) -> Result<Vec<Tensor>> {
+    shadownet_kernels::run_graph_with(g, inputs, eval_unchecked, observe)
+}
