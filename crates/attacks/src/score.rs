@@ -252,10 +252,17 @@ pub struct Verdict {
     pub at_floor: bool,
 }
 
-/// Judges `attack` against the public floor and the strongest of the black-box floors.
-/// The band is [`BAND_SIGMAS`] times the larger spread of the floors, and at least one
-/// filter for the recovered share.
-pub fn judge(attack: &Score, public: &Floor, blackbox: &[Floor]) -> Verdict {
+/// Judges `attack` against the public floor and the strongest of the black-box floors
+/// (random guesses as many as the attack's candidates, and any `blackbox` floors such as
+/// a pretrained model's filters), for filters of length `d`. The public floor is itself
+/// held to the random floor for as many guesses as there are public filters. The band is
+/// [`BAND_SIGMAS`] times the larger spread of the floors, and at least one filter for the
+/// recovered share.
+pub fn judge(attack: &Score, d: usize, public: &Floor, blackbox: &[Floor]) -> Verdict {
+    let random = iid_floor(attack.filters, d, attack.candidates);
+    let public_random = iid_floor(attack.filters, d, public.guesses);
+    let mut blackbox = blackbox.to_vec();
+    blackbox.push(random);
     let bb_frac = blackbox.iter().map(|f| f.fraction).fold(0.0, f64::max);
     let bb_cos = blackbox.iter().map(|f| f.mean_cos).fold(0.0, f64::max);
     let sd_frac = blackbox
@@ -268,8 +275,15 @@ pub fn judge(attack: &Score, public: &Floor, blackbox: &[Floor]) -> Verdict {
         .fold(public.sd_mean_cos, f64::max);
     let band_fraction = (BAND_SIGMAS * sd_frac).max(1.0 / attack.filters.max(1) as f64);
     let band_mean_cos = BAND_SIGMAS * sd_cos;
-    let public_at_floor =
-        public.fraction <= bb_frac + band_fraction && public.mean_cos <= bb_cos + band_mean_cos;
+    let pub_bb_frac = bb_frac.max(public_random.fraction);
+    let pub_bb_cos = blackbox
+        .iter()
+        .filter(|f| f.name != "random")
+        .map(|f| f.mean_cos)
+        .fold(public_random.mean_cos, f64::max);
+    let public_at_floor = public.fraction <= pub_bb_frac + band_fraction
+        && public.mean_cos
+            <= pub_bb_cos + band_mean_cos.max(BAND_SIGMAS * public_random.sd_mean_cos);
     let floor_fraction = bb_frac.max(public.fraction);
     let floor_mean_cos = bb_cos.max(public.mean_cos);
     Verdict {
@@ -425,15 +439,14 @@ mod tests {
         let s = score(&real, &cand);
         assert_eq!((s.recovered, s.exact, s.candidates), (50, 50, 150));
         let pubf = public_floor(&real, &rng.gaussian(60, 64));
-        let bb = iid_floor(50, 64, 150);
-        let v = judge(&s, &pubf, std::slice::from_ref(&bb));
+        let v = judge(&s, 64, &pubf, &[]);
         assert!(!v.at_floor && v.public_at_floor);
         // Pure noise as the "attack" is at the floor.
         let noise = score(&real, &rng.gaussian(150, 64));
-        assert!(judge(&noise, &pubf, std::slice::from_ref(&bb)).at_floor);
+        assert!(judge(&noise, 64, &pubf, &[]).at_floor);
         // A public bank that is the real filters is not at the floor, whatever the attack.
         let leaky = public_floor(&real, &real);
-        let v = judge(&noise, &leaky, &[bb]);
+        let v = judge(&noise, 64, &leaky, &[]);
         assert!(!v.public_at_floor && !v.at_floor);
     }
 }

@@ -272,12 +272,18 @@ fn objective_value(group: &Mat, gram: &Mat, c: &Mat, snap: &Snap, obj: Objective
     let o = Mat::from_fn(h, h, |k, r| c[(snap.freq[r], k)] * snap.sign[r]);
     match obj {
         Objective::Gram => {
-            let og = o.matmul(gram);
+            // diag(O·G·Oᵀ) directly: h³ flops, no products through faer for 8×8.
             let total = gram.frobenius().powi(2).max(1e-300);
-            (0..h)
-                .map(|k| dot(og.row(k), o.row(k)).powi(2))
-                .sum::<f64>()
-                / total
+            let mut v = 0.0;
+            let mut og = vec![0.0; h];
+            for k in 0..h {
+                let ok = o.row(k);
+                for (r2, x) in og.iter_mut().enumerate() {
+                    *x = (0..h).map(|r| ok[r] * gram[(r, r2)]).sum();
+                }
+                v += dot(&og, ok).powi(2);
+            }
+            v / total
         }
         Objective::Kurtosis => {
             let y = o.matmul(group);
@@ -566,16 +572,23 @@ pub struct SearchBudget {
     pub max_components: usize,
     /// Random starts of the family searches (beside those from the PCA/ICA estimate).
     pub family_starts: usize,
+    /// FastICA iterations (Gaussian-like groups never converge: this is their cost).
+    pub ica_iters: usize,
+    /// Family searches only on groups of at most this many filters: a hill-climbing step
+    /// costs ~4h² moves of h³ (Gram) or h²·d (kurtosis) each.
+    pub max_family_h: usize,
 }
 
 impl Default for SearchBudget {
     fn default() -> Self {
         SearchBudget {
             restarts_per_dim: 4,
-            max_restarts: 512,
-            iters: 60,
+            max_restarts: 256,
+            iters: 40,
             max_components: 128,
             family_starts: 64,
+            ica_iters: 100,
+            max_family_h: 8,
         }
     }
 }
@@ -594,6 +607,10 @@ pub fn attack_group(
     let empty = || Mat::zeros(0, d);
     let span = || row_span(group, 1e-9);
     let restarts = |k: usize| (budget.restarts_per_dim * k).clamp(1, budget.max_restarts);
+    let family = matches!(method, Method::PcaFamily(_) | Method::IcaFamily(_));
+    if family && group.rows > budget.max_family_h {
+        return empty();
+    }
     match method {
         Method::Pca => pca_candidates(group),
         Method::PcaFamily(f) => {
@@ -616,6 +633,7 @@ pub fn attack_group(
                 mode,
                 seed,
                 components: Some(budget.max_components),
+                max_iter: budget.ica_iters,
                 ..Default::default()
             };
             fastica(group, &opts).map_or_else(empty, |i| i.sources)
@@ -801,7 +819,7 @@ pub fn unmix_layer(
 mod tests {
     use super::*;
     use crate::ica::excess_kurtosis;
-    use crate::score::{iid_floor, judge, public_floor, score};
+    use crate::score::{judge, public_floor, score};
 
     /// Filters like trained ones: heavy-tailed coordinates, a shared smooth spatial
     /// profile over 3×3 taps, different per filter.
@@ -890,7 +908,7 @@ mod tests {
         let c = pair_candidates(&bank, &disjoint_pairs(bank.rows), false);
         let s = score(&real, &c);
         assert_eq!(s.exact, n, "{s:?}");
-        let v = judge(&s, &public_floor(&real, &bank), &[iid_floor(n, 9, c.rows)]);
+        let v = judge(&s, 9, &public_floor(&real, &bank), &[]);
         assert!(!v.at_floor);
         let c = pair_candidates(&dense, &disjoint_pairs(dense.rows), false);
         let s = score(&real, &c);
@@ -982,7 +1000,16 @@ mod tests {
         }
         for set in unmix_layer(&gbank, Geometry { channels, taps: 9 }, None, &opts) {
             let s = score(&greal, &set.candidates);
-            assert_eq!(s.recovered, 0, "{}: {s:?}", set.method);
+            // Every candidate lies in an 8-dimensional group span, where random guesses
+            // also come close now and then: judge against that floor.
+            let per_group = set.candidates.rows.div_ceil(groups);
+            let floor = crate::score::iid_floor(greal.rows, h, per_group);
+            let limit = greal.rows as f64 * (floor.fraction + 3.0 * floor.sd_fraction) + 1.0;
+            assert!(
+                (s.recovered as f64) <= limit && s.mean_cos < floor.mean_cos + 0.1,
+                "{}: {s:?} vs span floor {floor:?}",
+                set.method
+            );
         }
     }
 

@@ -1,13 +1,19 @@
-//! `shadownet attack`: the published attacks on ShadowNet run against a package.
+//! `shadownet attack`: attacks run against a package.
 //!
-//! The attack code ([`fake_partner`], [`mask_reuse`]) sees only what an attacker outside
-//! the trusted core sees: the public package, every tensor the accelerator receives and
-//! returns (a [`SpyAccelerator`]), and the ability to run the package on inputs of its
-//! choice ([`mask_reuse::Oracle`]). The device key only lets the device's own trusted core
-//! run; the attack never reads the secret. The reference model is read only to score.
-//! See docs/security.md.
+//! The attack code ([`fake_partner`], [`mask_reuse`], [`averaging`], [`unmix`], [`seed`],
+//! the algorithms themselves in the `shadownet-attacks` crate) sees only what an attacker
+//! outside the trusted core sees: the public package, every tensor the accelerator
+//! receives and returns (a [`SpyAccelerator`]), the ability to run the package on inputs
+//! of its choice ([`mask_reuse::Oracle`]) and the model's architecture (never its
+//! weights). The device key only lets the device's own trusted core run; the attack never
+//! reads the secret. The reference model is read only to score (and, with its weights
+//! replaced, as the architecture). See docs/security.md.
+pub mod averaging;
+pub mod bank;
 pub mod fake_partner;
 pub mod mask_reuse;
+pub mod seed;
+pub mod unmix;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -36,8 +42,15 @@ pub enum AttackKind {
     FakePartner,
     /// Recover masked activations from the fixed, reused masks.
     MaskReuse,
-    /// Both.
+    /// The two published attacks: fake-partner and mask-reuse.
     All,
+    /// Repeat chosen inputs, average the accelerator's inputs, regress the weights.
+    Averaging,
+    /// Static attacks on the public banks: pairs, PCA, structure matching, ICA, sparsity,
+    /// low rank, templates.
+    Unmix,
+    /// Search the conversion seed from the public conversion id.
+    Seed,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -62,6 +75,36 @@ pub struct AttackArgs {
     /// Seed of the attacker's randomness (probes, victim input, baseline guesses).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// averaging: runs of each chosen input (T, up to 4096).
+    #[arg(long, default_value_t = 64)]
+    pub runs: usize,
+    /// averaging: distinct chosen inputs (regression samples = inputs × positions).
+    #[arg(long, default_value_t = 8)]
+    pub inputs: usize,
+    /// averaging: layers with more public channels are not regressed.
+    #[arg(long, default_value_t = 1024)]
+    pub max_features: usize,
+    /// unmix: candidate group sizes (near-equal groups of at most h, and blocks of h).
+    #[arg(long, value_delimiter = ',', default_value = "8,16")]
+    pub group_sizes: Vec<usize>,
+    /// unmix: do not also attack each layer as one group (hidden membership).
+    #[arg(long)]
+    pub no_whole_layer: bool,
+    /// unmix: methods (pca, pca-dct2, pca-hadamard, ica-logcosh-sym, ica-kurtosis-defl,
+    /// ica-gauss-sym, ..., ica-dct2, sparse-l4, low-rank, templates); default: all but
+    /// the ICA-driven family searches.
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Vec<String>,
+    /// unmix: a public pretrained model of the same family whose filters serve as
+    /// templates (and as a black-box floor).
+    #[arg(long)]
+    pub templates: Option<PathBuf>,
+    /// unmix: only these layers (package order).
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Vec<usize>,
+    /// seed: search seeds 0..2^bits.
+    #[arg(long, default_value_t = 24)]
+    pub seed_bits: u32,
 }
 
 /// A small seeded generator (splitmix64 + Box–Muller) for the attacker's choices.
@@ -80,7 +123,7 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn unit(&mut self) -> f64 {
+    pub fn unit(&mut self) -> f64 {
         ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     }
 
@@ -169,7 +212,7 @@ fn reference_layers(g: &Graph, public: &PublicPackage) -> Result<Vec<usize>> {
     Ok(nodes)
 }
 
-fn op_name(kind: &LinearKind) -> String {
+pub(crate) fn op_name(kind: &LinearKind) -> String {
     match kind {
         LinearKind::Conv(c) if c.groups > 1 => format!("DWConv/g{}", c.groups),
         LinearKind::Conv(_) => "Conv".into(),
@@ -348,7 +391,7 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 /// Puts the recovered groups of an NCHW tensor into the real order by matching each real
 /// group with its best-correlated recovered group (scoring only: the secret permutation is
 /// not used).
-fn match_groups(rec: &Tensor, real: &Tensor, groups: usize) -> Tensor {
+pub(crate) fn match_groups(rec: &Tensor, real: &Tensor, groups: usize) -> Tensor {
     let s = &real.shape;
     if s.len() < 2 || groups == 0 || !s[1].is_multiple_of(groups) || rec.shape != *s {
         return rec.clone();
@@ -464,9 +507,13 @@ pub struct Report {
     pub scheme: String,
     pub fake_partner: Option<FakePartnerReport>,
     pub mask_reuse: Option<MaskReuseReport>,
+    pub averaging: Option<averaging::AveragingReport>,
+    pub unmix: Option<unmix::UnmixReport>,
+    pub seed: Option<seed::SeedReport>,
 }
 
-/// Runs the chosen attacks on a package directory.
+/// Runs the chosen attacks on a package directory with the default settings of the
+/// newer attacks (see [`run_with`]).
 pub fn run(
     pkg: &Path,
     key: &Path,
@@ -475,31 +522,112 @@ pub fn run(
     queries: usize,
     seed: u64,
 ) -> Result<Report> {
-    let mut oracle = SpyOracle::open(pkg, key)?;
+    let mut a = AttackArgs {
+        pkg: pkg.into(),
+        key: key.into(),
+        reference: reference.into(),
+        kind,
+        json: false,
+        queries,
+        seed,
+        runs: 64,
+        inputs: 8,
+        max_features: 1024,
+        group_sizes: vec![8, 16],
+        no_whole_layer: false,
+        methods: Vec::new(),
+        templates: None,
+        layers: Vec::new(),
+        seed_bits: 24,
+    };
+    a.json = false;
+    run_with(&a)
+}
+
+/// Runs the attack `a.kind` with every option of `a`.
+pub fn run_with(a: &AttackArgs) -> Result<Report> {
+    let (kind, queries, seed) = (a.kind, a.queries, a.seed);
+    let mut oracle = SpyOracle::open(&a.pkg, &a.key)?;
     let public = oracle.public().clone();
-    let g = shadownet_import::load_model(reference, &public.inputs)
-        .with_context(|| format!("cannot load reference model {}", reference.display()))?
+    let g = shadownet_import::load_model(&a.reference, &public.inputs)
+        .with_context(|| format!("cannot load reference model {}", a.reference.display()))?
         .graph;
     let fp = match kind {
         AttackKind::FakePartner | AttackKind::All => Some(fake_partner(&public, &g, seed)?),
-        AttackKind::MaskReuse => None,
+        _ => None,
     };
     let mr = match kind {
         AttackKind::MaskReuse | AttackKind::All => {
             Some(mask_reuse(&public, &mut oracle, &g, queries, seed)?)
         }
-        AttackKind::FakePartner => None,
+        _ => None,
+    };
+    let nodes = reference_layers(&g, &public)?;
+    let avg = match kind {
+        AttackKind::Averaging => {
+            let cfg = averaging::AveragingConfig {
+                runs: a.runs,
+                inputs: a.inputs,
+                probes: queries,
+                lambda: 1e-4,
+                max_features: a.max_features,
+                seed,
+            };
+            Some(averaging::run(&public, &mut oracle, &g, &nodes, &cfg)?)
+        }
+        _ => None,
+    };
+    let um = match kind {
+        AttackKind::Unmix => {
+            let methods = if a.methods.is_empty() {
+                unmix::default_methods()
+            } else {
+                a.methods
+                    .iter()
+                    .map(|m| {
+                        unmix::parse_method(m)
+                            .with_context(|| format!("unknown --methods entry '{m}'"))
+                    })
+                    .collect::<Result<_>>()?
+            };
+            let templates = match &a.templates {
+                Some(p) => unmix::templates_from(
+                    &shadownet_import::load_model(p, &[])
+                        .with_context(|| format!("cannot load template model {}", p.display()))?
+                        .graph,
+                ),
+                None => Vec::new(),
+            };
+            let cfg = unmix::UnmixConfig {
+                group_sizes: a.group_sizes.clone(),
+                whole_layer: !a.no_whole_layer,
+                methods,
+                templates,
+                templates_name: a.templates.as_ref().map(|p| p.display().to_string()),
+                layers: a.layers.clone(),
+                seed,
+            };
+            Some(unmix::run(&public, &g, &nodes, &cfg)?)
+        }
+        _ => None,
+    };
+    let sd = match kind {
+        AttackKind::Seed => Some(seed::run(&public, &g, &nodes, a.seed_bits, seed)?),
+        _ => None,
     };
     Ok(Report {
-        package: pkg.display().to_string(),
+        package: a.pkg.display().to_string(),
         scheme: public.scheme.name().to_string(),
         fake_partner: fp,
         mask_reuse: mr,
+        averaging: avg,
+        unmix: um,
+        seed: sd,
     })
 }
 
 pub fn cmd(a: &AttackArgs) -> Result<()> {
-    let r = run(&a.pkg, &a.key, &a.reference, a.kind, a.queries, a.seed)?;
+    let r = run_with(a)?;
     if a.json {
         println!("{}", r.to_json());
     } else {
@@ -607,6 +735,15 @@ impl Report {
                 mr.median_rel_err
             );
         }
+        if let Some(a) = &self.averaging {
+            s.push_str(&a.to_table());
+        }
+        if let Some(u) = &self.unmix {
+            s.push_str(&u.to_table());
+        }
+        if let Some(r) = &self.seed {
+            s.push_str(&r.to_table());
+        }
         s
     }
 
@@ -700,6 +837,19 @@ impl Report {
                 jnum(mr.recovered_corr as f32 / mr.masked_layers.max(1) as f32),
                 jnum(mr.median_rel_err)
             );
+        }
+        // The newer attacks' reports, serde-derived.
+        for (name, v) in [
+            (
+                "averaging",
+                self.averaging.as_ref().map(serde_json::to_string),
+            ),
+            ("unmix", self.unmix.as_ref().map(serde_json::to_string)),
+            ("seed", self.seed.as_ref().map(serde_json::to_string)),
+        ] {
+            if let Some(Ok(v)) = v {
+                let _ = write!(s, ",\"{name}\":{v}");
+            }
         }
         s.push('}');
         s

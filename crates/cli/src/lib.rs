@@ -4,5 +4,6 @@ pub mod bench;
 pub mod keys;
 pub mod npy;
 pub mod plain;
+pub mod record;
 pub mod secure;
 pub mod trace;

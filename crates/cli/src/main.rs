@@ -56,6 +56,10 @@ enum Cmd {
         /// one-time masks on the spot (slow) instead of refusing.
         #[arg(long)]
         allow_slow_masks: bool,
+        /// Packages: write every tensor the accelerator receives and returns to DIR
+        /// (.npy per layer and run, manifest.json; repeated runs append).
+        #[arg(long, value_name = "DIR")]
+        record_untrusted: Option<PathBuf>,
     },
     /// Precompute one-time masks for a hardened package (run by the trusted core, offline).
     Precompute {
@@ -104,6 +108,9 @@ enum Cmd {
         input_shapes: Vec<String>,
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Packages: write each public layer's weights to DIR (.npy, manifest.json).
+        #[arg(long, value_name = "DIR")]
+        export_public: Option<PathBuf>,
     },
     /// Classify the orientation of two bundled real text-line crops with the bundled
     /// PP-OCR direction classifier.
@@ -164,6 +171,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             key,
             enclave,
             allow_slow_masks,
+            record_untrusted,
         } => {
             if model.is_dir() {
                 let key =
@@ -175,7 +183,10 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     allow_slow_masks,
                     &inputs,
                     output.as_deref(),
+                    record_untrusted.as_deref(),
                 )
+            } else if record_untrusted.is_some() {
+                bail!("--record-untrusted records a package's accelerator traffic: {} is a plain model", model.display())
             } else {
                 cmd_run(&model, &inputs, output.as_deref(), &input_shapes)
             }
@@ -220,9 +231,16 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             model,
             input_shapes,
             key,
+            export_public,
         } => {
             if model.is_dir() {
-                return cmd_inspect_package(&model, key.as_deref());
+                return cmd_inspect_package(&model, key.as_deref(), export_public.as_deref());
+            }
+            if export_public.is_some() {
+                bail!(
+                    "--export-public exports a package's public layers: {} is a plain model",
+                    model.display()
+                );
             }
             let m = load(&model, &parse_shapes(&input_shapes)?)?;
             print!("{}", plain::inspect(&m));
@@ -333,8 +351,14 @@ fn cmd_run_secure(
     allow_slow_masks: bool,
     inputs: &[String],
     output: Option<&Path>,
+    record: Option<&Path>,
 ) -> Result<()> {
-    let mut sm = secure::open_cpu(pkg, key, mode)?;
+    let spy = shadownet_untrusted::SpyAccelerator::new(shadownet_untrusted::CpuAccelerator::new());
+    let seen = spy.seen.clone();
+    let mut sm = match record {
+        Some(_) => secure::open(pkg, key, mode, Box::new(spy))?,
+        None => secure::open_cpu(pkg, key, mode)?,
+    };
     sm.allow_slow_masks = allow_slow_masks;
     let names: Vec<String> = sm.public.inputs.iter().map(|(n, _)| n.clone()).collect();
     let args: Vec<_> = inputs.iter().map(|s| plain::parse_input_arg(s)).collect();
@@ -355,10 +379,25 @@ fn cmd_run_secure(
         sm.last_round_trips
     );
     let out_names: Vec<String> = sm.public.outputs.iter().map(|(n, _)| n.clone()).collect();
+    if let Some(dir) = record {
+        // The layer names come from the secret, opened here as on a development device.
+        let (_, secret) = shadownet::trace::open_package(pkg, key)?;
+        let sources = shadownet::record::sources(Some(&secret), sm.public.layers.len());
+        let observed = std::mem::take(
+            &mut *seen
+                .lock()
+                .map_err(|_| anyhow::anyhow!("spy records poisoned"))?,
+        );
+        let run = shadownet::record::record_run(dir, pkg, &sm.public, &sources, &observed)?;
+        eprintln!(
+            "recorded run {run} of the accelerator traffic in {}",
+            dir.display()
+        );
+    }
     write_outputs(output, &out_names, &outs)
 }
 
-fn cmd_inspect_package(pkg: &Path, key: Option<&Path>) -> Result<()> {
+fn cmd_inspect_package(pkg: &Path, key: Option<&Path>, export: Option<&Path>) -> Result<()> {
     let public_path = pkg.join(shadownet_trusted::format::PUBLIC_FILE);
     let bytes = std::fs::read(&public_path)
         .with_context(|| format!("cannot read {}", public_path.display()))?;
@@ -392,6 +431,15 @@ fn cmd_inspect_package(pkg: &Path, key: Option<&Path>) -> Result<()> {
             l.input_shape,
             l.output_shape
         );
+    }
+    if let Some(dir) = export {
+        let secret = match key {
+            Some(k) => Some(shadownet::trace::open_package(pkg, k)?.1),
+            None => None,
+        };
+        let sources = shadownet::record::sources(secret.as_ref(), p.layers.len());
+        let m = shadownet::record::export_public(dir, pkg, &p, &sources)?;
+        println!("exported the public layers to {}", m.display());
     }
     match key {
         Some(k) => {

@@ -483,7 +483,7 @@ fn load_model(
 }
 
 /// Reads the package and opens its secret with the device key.
-fn open_package(pkg: &Path, key_file: &Path) -> Result<(PublicPackage, SecretModel)> {
+pub fn open_package(pkg: &Path, key_file: &Path) -> Result<(PublicPackage, SecretModel)> {
     let key = keys::read_secret_key(key_file)?;
     let public_path = pkg.join(PUBLIC_FILE);
     let public_bytes = std::fs::read(&public_path)
