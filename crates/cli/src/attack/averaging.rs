@@ -6,7 +6,7 @@
 //! σ/√T); a mask that repeats bit for bit (the paper's scheme: fixed at conversion) does
 //! not, and is removed with the mask-reuse anchor instead (the per-element minimum over
 //! chosen probes, exact wherever a ReLU switched the element off). A layer whose average
-//! correlates with the attacker's own input above 0.9 is fed by the model input, and the
+//! correlates with the attacker's own input (above 0.2) is fed by the model input, and the
 //! attacker uses its input as it is.
 //!
 //! Then, per layer k, the public output ŷ′ = L(x̂_k, W′) is computed from the recovered
@@ -30,6 +30,12 @@ use super::bank::{self, Judged, Totals};
 use super::fake_partner::protection;
 use super::mask_reuse::{self, Oracle};
 use super::{match_groups, op_name, Rng, CORR_RECOVERED};
+
+/// A layer whose averaged input correlates with the attacker's own input above this is
+/// taken to be fed by the model input. One observation under a mask twice the input's
+/// size already correlates ~0.45 with it; unrelated activations of thousands of values
+/// correlate ~0.02.
+const MODEL_INPUT_CORR: f64 = 0.2;
 
 #[derive(Clone, Debug)]
 pub struct AveragingConfig {
@@ -248,7 +254,7 @@ pub fn recover(
                 q.shape == per[k].shape && {
                     let a: Vec<f64> = q.data.iter().map(|&v| v as f64).collect();
                     let b: Vec<f64> = per[k].data.iter().map(|&v| v as f64).collect();
-                    pearson(&a, &b) > 0.9
+                    pearson(&a, &b) > MODEL_INPUT_CORR
                 }
             })
         });
@@ -329,16 +335,38 @@ pub fn regress(
         }
         // Extra features: recovered inputs of layers ≤ k and public outputs of other
         // layers near k, of the same size as the output (residual branches).
-        let mut extra_in: Vec<usize> = (0..=k)
-            .rev()
-            .filter(|&i| in_sp[i] == out_sp[k])
-            .take(2)
-            .collect();
+        // Only layers up to k: a later layer's output is computed from the target itself.
+        // At most 4·M features in all.
+        let chans = |t: &Tensor| {
+            if mm || t.shape.len() != 4 {
+                *t.shape.last().unwrap_or(&1)
+            } else {
+                t.shape[1]
+            }
+        };
+        let mut budget = 3 * m;
+        let mut extra_in: Vec<usize> = Vec::new();
+        for i in (0..=k).rev().filter(|&i| in_sp[i] == out_sp[k]).take(2) {
+            let c = chans(&recovered[0][i]);
+            if c <= budget {
+                budget -= c;
+                extra_in.push(i);
+            }
+        }
         extra_in.sort();
-        let extra_out: Vec<usize> = (k.saturating_sub(3)..(k + 3).min(l))
-            .filter(|&i| i != k && out_sp[i] == out_sp[k] && is_mm(i) == mm)
+        let mut extra_out: Vec<usize> = Vec::new();
+        let near = k.saturating_sub(3)..k;
+        for i in near
+            .rev()
+            .filter(|&i| out_sp[i] == out_sp[k] && is_mm(i) == mm)
             .take(2)
-            .collect();
+        {
+            let c = chans(&yhat[0][i]);
+            if c <= budget {
+                budget -= c;
+                extra_out.push(i);
+            }
+        }
         let feats: Vec<Mat> = recovered
             .iter()
             .zip(&yhat)
@@ -352,6 +380,19 @@ pub fn regress(
             .collect();
         let x = vstack(&feats);
         let p = x.cols;
+        if x.rows < p + 2 {
+            out.push((
+                Mat::zeros(0, pb.cols),
+                targets,
+                p,
+                Vec::new(),
+                Some(format!(
+                    "{} samples for {p} features: more chosen inputs (--inputs) needed",
+                    x.rows
+                )),
+            ));
+            continue;
+        }
         // Samples: at most 8 per feature (the fit's cost is samples × p² per target).
         let cap = (8 * p).max(2000);
         let keep: Vec<usize> = if x.rows > cap {
