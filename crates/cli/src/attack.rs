@@ -96,7 +96,8 @@ pub struct AttackArgs {
     #[arg(long, value_delimiter = ',')]
     pub methods: Vec<String>,
     /// unmix: a public pretrained model of the same family whose filters serve as
-    /// templates (and as a black-box floor).
+    /// templates (and as a black-box floor): MODEL, or MODEL:NAME=1,3,H,W when its input
+    /// has free dimensions.
     #[arg(long)]
     pub templates: Option<PathBuf>,
     /// unmix: only these layers (package order).
@@ -591,11 +592,24 @@ pub fn run_with(a: &AttackArgs) -> Result<Report> {
                     .collect::<Result<_>>()?
             };
             let templates = match &a.templates {
-                Some(p) => unmix::templates_from(
-                    &shadownet_import::load_model(p, &[])
-                        .with_context(|| format!("cannot load template model {}", p.display()))?
-                        .graph,
-                ),
+                Some(p) => {
+                    // MODEL or MODEL:NAME=1,3,H,W for a model with free input dimensions.
+                    let text = p.to_string_lossy();
+                    let (path, shapes) = match text.rsplit_once(':') {
+                        Some((path, shape)) if shape.contains('=') => (
+                            PathBuf::from(path),
+                            vec![crate::plain::parse_input_shape(shape)?],
+                        ),
+                        _ => (p.clone(), Vec::new()),
+                    };
+                    unmix::templates_from(
+                        &shadownet_import::load_model(&path, &shapes)
+                            .with_context(|| {
+                                format!("cannot load template model {}", path.display())
+                            })?
+                            .graph,
+                    )
+                }
                 None => Vec::new(),
             };
             let cfg = unmix::UnmixConfig {
