@@ -31,7 +31,7 @@ def pct(x):
 
 def totals(t):
     if not t or not t["filters"]:
-        return "—"
+        return "— | — | — | —"
     return (f'{t["recovered"]}/{t["filters"]} ({pct(t["fraction"])}; exact {pct(t["exact"] / t["filters"])}), '
             f'cos {t["mean_cos"]:.3f} | {pct(t["public_floor_fraction"])} / {t["public_floor_mean_cos"]:.3f} | '
             f'{pct(t["random_floor_fraction"])} / {t["random_floor_mean_cos"]:.3f} | {t["layers_at_floor"]}/{t["layers"]}')
@@ -39,11 +39,12 @@ def totals(t):
 
 models = [m for m in ORDER if glob.glob(os.path.join(out, f"*-{m}-*.json"))]
 schemes = ["shadownet", "hardened"]
-head = ("| filters recovered (exact), mean best cos | public floor (recovered / cos) | "
-        "random floor (recovered / cos) | layers at floor |")
+def head(prefix):
+    return (f" {prefix}: filters recovered (exact), mean best cos | public floor (recovered / cos) | "
+            "random floor (recovered / cos) | layers at floor |")
 
 print("### seed\n")
-print("| model | scheme | seed found (searched 0..2^24) | search s | dense-like " + head + " depthwise " + head + " total s |")
+print("| model | scheme | seed found (searched 0..2^24) | search s |" + head("dense-like") + head("depthwise") + " total s |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for m in models:
     for s in schemes:
@@ -53,7 +54,7 @@ for m in models:
         print(f'| {m} | {s} | {r["found"]} | {r["seconds"]:.1f} | {totals(r["dense"])} | {totals(r["depthwise"])} | {secs or 0:.0f} |')
 
 print("\n### unmix\n")
-print("| model | scheme | settings | dense-like " + head + " depthwise " + head + " s |")
+print("| model | scheme | settings |" + head("dense-like") + head("depthwise") + " s |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for m in models:
     for s in schemes:
@@ -64,7 +65,7 @@ for m in models:
         print(f'| {m} | {s} | {settings} | {totals(r["dense"])} | {totals(r["depthwise"])} | {secs or 0:.0f} |')
 
 print("\n### averaging\n")
-print("| model | scheme | runs x inputs | activations corr >= 0.95 | median corr | filters " + head + " s |")
+print("| model | scheme | runs x inputs | activations corr >= 0.95 | median corr |" + head("filters") + " s |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 for m in models:
     for s in schemes:

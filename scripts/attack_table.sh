@@ -28,7 +28,7 @@ trap 'rm -rf "$WORK"' EXIT
 BIN="$WORK/shadownet"
 cp "$REPO/target/release/shadownet" "$BIN"
 "$BIN" keygen -o "$WORK/keys" >/dev/null
-model_file() { ls "$FIX/models/$1".onnx "$FIX/models/$1".tflite 2>/dev/null | head -1; }
+model_file() { for e in onnx tflite; do [[ -f "$FIX/models/$1.$e" ]] && echo "$FIX/models/$1.$e" && return; done; return 1; }
 shape_args() { [[ "$1" == ppocr_cls ]] && echo "--input-shape x=1,3,48,192" || true; }
 for s in "${SCHEMES[@]}"; do
     for m in "${MODELS[@]}"; do

@@ -87,7 +87,7 @@ fn layers_of(path: &str, shapes: &[(String, Vec<usize>)], per_class: usize) -> R
         };
         all.push(Layer {
             model: model.clone(),
-            name: n.name.clone(),
+            name: short_name(&n.name),
             class,
             real,
             geom,
@@ -115,6 +115,17 @@ fn layers_of(path: &str, shapes: &[(String, Vec<usize>)], per_class: usize) -> R
         });
     }
     Ok(out)
+}
+
+/// A readable layer name: TFLite names join every fused op with ';' — keep the conv's.
+fn short_name(name: &str) -> String {
+    let part = name
+        .split(';')
+        .find(|p| p.to_ascii_lowercase().contains("conv"))
+        .unwrap_or_else(|| name.split(';').next_back().unwrap_or(name));
+    let comps: Vec<&str> = part.split('/').filter(|c| !c.is_empty()).collect();
+    let keep = comps.len().saturating_sub(2);
+    comps[keep..].join("/")
 }
 
 /// Unit-RMS rows.

@@ -43,12 +43,18 @@ pub fn public_bank(l: &PublicLayer) -> (Mat, Geometry) {
     (bank(&l.weight, &l.kind), geometry(&l.weight, &l.kind))
 }
 
-/// The real filters of reference node `n` (scoring only).
+/// The real filters of reference node `n` (scoring only), without the all-zero ones: a
+/// dead channel (trained models have many: BatchNorm folding zeroes pruned channels) has
+/// no direction to recover, and would count as a failure of every attack.
 pub fn real_bank(g: &Graph, n: usize, kind: &LinearKind, k: usize) -> Result<Mat> {
     let w = g
         .constant(g.nodes[n].inputs[1])
         .with_context(|| format!("layer {k}: the reference has no constant weight"))?;
-    Ok(bank(w, kind))
+    let b = bank(w, kind);
+    let live: Vec<usize> = (0..b.rows)
+        .filter(|&i| b.row(i).iter().any(|&v| v != 0.0))
+        .collect();
+    Ok(b.select_rows(&live))
 }
 
 /// Checks that real and public filters have the same length.
