@@ -18,4 +18,4 @@ pub use error::{Error, Result};
 pub use graph::{Graph, Node, Value, ValueId};
 pub use op::*;
 pub use shape::{broadcast_shapes, infer_shapes, numel};
-pub use tensor::Tensor;
+pub use tensor::{IntTensor, RingTensor, Tensor};

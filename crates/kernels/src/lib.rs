@@ -16,6 +16,7 @@ pub mod gemm;
 pub mod layout;
 pub mod norm;
 pub mod pool;
+pub mod ring;
 
 pub use error::{Error, Result};
 
