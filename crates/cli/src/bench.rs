@@ -16,8 +16,9 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use shadownet_ir::Tensor;
 use shadownet_trusted::Scheme;
-use shadownet_untrusted::{CpuAccelerator, Enclave, InProcEnclave, ProcessEnclave, SecureModel};
+use shadownet_untrusted::{CpuAccelerator, SecureModel};
 
+use crate::secure::{self, EnclaveMode};
 use crate::{keys, plain};
 
 /// Every scheme the bench converts to. A new scheme only needs adding here.
@@ -137,6 +138,9 @@ struct SecureVariant {
     accel: Vec<f64>,
     rest: Vec<f64>,
     max_rel_err: f32,
+    kept_layers: usize,
+    /// Peak heap of the enclave process (counting allocator), process mode only.
+    trusted_peak: Option<u64>,
 }
 
 /// A temporary directory removed on drop (holds the device key for the enclave process).
@@ -224,18 +228,16 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         .collect::<Result<Vec<_>>>()?;
     let want = shadownet_cpu::run_graph(g, &xs).context("plain inference failed")?;
 
-    // One device key for every package; the enclave process reads it from a file.
+    // One device (trusting one vendor) for every package; the enclave process reads its
+    // key from a file.
     let tmp = TempDir::new()?;
-    let (sk_path, pk_path) = keys::keygen(&tmp.0, true)?;
-    let device_key = keys::read_secret_key(&sk_path)?;
-    let device_pub = keys::read_public_key(&pk_path)?;
-    let exe = std::env::current_exe().context("cannot locate the shadownet binary")?;
+    let dev = keys::TestDevice::new(&tmp.0)?;
 
     let mut variants: Vec<SecureVariant> = Vec::new();
     for &scheme in SCHEMES {
         let opts = shadownet_protect::Options {
             scheme,
-            seed: Some(args.seed),
+            insecure_seed: Some(args.seed),
             ..Default::default()
         };
         eprintln!(
@@ -245,26 +247,24 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         );
         let t0 = Instant::now();
         let c = shadownet_protect::convert(g, &opts, &mut |_, _| {})?;
-        let public = shadownet_protect::encode_public(&c.public);
-        let sealed = shadownet_protect::seal_secret(&c.secret, &device_pub, &public);
         let convert_s = t0.elapsed().as_secs_f64();
-        let layers = c.public.layers.len();
+        let layers = c.header.layers.len();
         // The package goes to disk so hardened runs can draw on a precomputed mask pool,
         // as they would on a device.
         let pkg_dir = tmp.0.join(scheme.name());
-        shadownet_protect::write_package(&pkg_dir, &public, &sealed)?;
-        for mode in ["inproc", "process"] {
-            let enclave: Box<dyn Enclave> = match mode {
-                "inproc" => Box::new(InProcEnclave::new(
-                    device_key,
-                    Box::new(shadownet_untrusted::FilePlatform::beside_key(&sk_path)),
-                )?),
-                _ => Box::new(ProcessEnclave::spawn(&exe, &sk_path)?),
+        secure::write(&c, &dev.device_pub, &dev.vendor_secret, &pkg_dir)?;
+        for mode in [EnclaveMode::Inproc, EnclaveMode::Process] {
+            let mode_name = match mode {
+                EnclaveMode::Inproc => "inproc",
+                EnclaveMode::Process => "process",
             };
-            let mut model = SecureModel::open(&pkg_dir, enclave, Box::new(CpuAccelerator::new()))
-                .with_context(|| {
-                format!("cannot open the {} package ({mode})", scheme.name())
-            })?;
+            let mut model = secure::open(
+                &pkg_dir,
+                &dev.device_key,
+                mode,
+                Box::new(CpuAccelerator::new()),
+            )
+            .with_context(|| format!("cannot open the {} package ({mode_name})", scheme.name()))?;
             let (mut precompute_ms_per_inference, mut pool_bytes_per_inference) = (None, None);
             if scheme == Scheme::Hardened {
                 // Two inferences per iteration: the untimed one and the timed one.
@@ -272,19 +272,15 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
                 let t0 = Instant::now();
                 let bytes = model.precompute(n, &mut |_, _| {})?;
                 precompute_ms_per_inference = Some(ms(t0) / n.max(1) as f64);
-                pool_bytes_per_inference = Some(bytes);
+                pool_bytes_per_inference = Some(bytes as usize);
             }
-            let name = match scheme {
-                Scheme::ShadowNet => format!("secure-{mode}"),
-                #[allow(unreachable_patterns)]
-                other => format!("secure-{}-{mode}", other.name()),
-            };
             variants.push(SecureVariant {
-                name,
+                name: format!("{}-{mode_name}", scheme.name()),
                 scheme,
-                enclave: mode,
+                enclave: mode_name,
                 model,
                 outsourced_layers: layers,
+                kept_layers: c.kept.len(),
                 convert_s,
                 precompute_ms_per_inference,
                 pool_bytes_per_inference,
@@ -293,6 +289,7 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
                 accel: Vec::with_capacity(args.runs),
                 rest: Vec::with_capacity(args.runs),
                 max_rel_err: 0.0,
+                trusted_peak: None,
             });
         }
     }
@@ -335,13 +332,16 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
             if timed {
                 v.samples.push(dt);
                 v.paired_plain.push(plain_dt);
-                let accel = v.model.last_accel_time.as_secs_f64() * 1e3;
+                let accel = v.model.last.accel.as_secs_f64() * 1e3;
                 v.accel.push(accel);
                 v.rest.push(dt - accel);
             }
         }
     }
 
+    for v in &mut variants {
+        v.trusted_peak = v.model.enclave_memory()?.map(|m| m.peak);
+    }
     let plain_stats = Stats::of(&plain_samples);
     let mut reference = Value::Null;
     let mut reference_note = Value::Null;
@@ -371,7 +371,6 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
     for v in &variants {
         let s = Stats::of(&v.samples);
         let mut j = s.json();
-        let trusted = v.model.resident_bytes + v.model.peak_activation_bytes;
         j["name"] = json!(v.name);
         j["scheme"] = json!(v.scheme.name());
         j["enclave"] = json!(v.enclave);
@@ -379,12 +378,12 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         j["ratio_vs_reference"] = ratio(s.median, ref_median);
         j["accel_median_ms"] = json!(Stats::of(&v.accel).median);
         j["rest_median_ms"] = json!(Stats::of(&v.rest).median);
-        j["round_trips"] = json!(v.model.last_round_trips);
+        j["round_trips"] = json!(v.model.last.round_trips);
         j["outsourced_layers"] = json!(v.outsourced_layers);
+        j["kept_layers"] = json!(v.kept_layers);
         j["resident_bytes"] = json!(v.model.resident_bytes);
-        j["peak_activation_bytes"] = json!(v.model.peak_activation_bytes);
-        j["trusted_bytes"] = json!(trusted);
-        j["trusted_mib"] = json!(trusted as f64 / (1u64 << 20) as f64);
+        j["trusted_peak_bytes"] = json!(v.trusted_peak);
+        j["trusted_mib"] = json!(v.trusted_peak.map(|b| b as f64 / (1u64 << 20) as f64));
         j["convert_s"] = json!(v.convert_s);
         j["precompute_ms_per_inference"] = json!(v.precompute_ms_per_inference);
         j["pool_bytes_per_inference"] = json!(v.pool_bytes_per_inference);
@@ -538,13 +537,14 @@ pub fn table(r: &Value) -> String {
     for v in r["variants"].as_array().into_iter().flatten().skip(1) {
         let _ = writeln!(
             s,
-            "{}: accelerator {:.2} ms + trusted core, transport and host {:.2} ms (medians); {} outsourced layers, trusted core {} B resident + {} B peak activations, converted in {:.2} s, max rel. error vs plain {:.2e}",
+            "{}: accelerator {:.2} ms + trusted core, transport and host {:.2} ms (medians); {} outsourced layers, {} kept in the TEE, trusted core {} B resident model, enclave heap peak {} B, converted in {:.2} s, max rel. error vs plain {:.2e}",
             v["name"].as_str().unwrap_or("?"),
             num(v, "accel_median_ms").unwrap_or(f64::NAN),
             num(v, "rest_median_ms").unwrap_or(f64::NAN),
             v["outsourced_layers"],
+            v["kept_layers"],
             v["resident_bytes"],
-            v["peak_activation_bytes"],
+            v["trusted_peak_bytes"],
             num(v, "convert_s").unwrap_or(0.0),
             num(v, "max_rel_err").unwrap_or(0.0),
         );

@@ -1,5 +1,4 @@
 //! The `shadownet` command line, as a library so integration tests can drive it.
-pub mod attack;
 pub mod bench;
 pub mod keys;
 pub mod npy;

@@ -68,33 +68,62 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "inproc")]
         enclave: EnclaveMode,
     },
-    /// Convert a model into a protected package sealed to one device.
+    /// Convert a model into a protected package sealed to one device and signed by the
+    /// vendor.
     Convert {
         model: PathBuf,
         /// The device's public key (from `shadownet keygen`).
         #[arg(long)]
         to: PathBuf,
+        /// The vendor's signing key (from `shadownet keygen --vendor`); the device must
+        /// have been provisioned to trust its public key.
+        #[arg(long = "sign-with")]
+        sign_with: PathBuf,
         /// Package directory to write.
         #[arg(long, short = 'o')]
         output: PathBuf,
-        #[arg(long, value_enum, default_value = "shadownet")]
+        #[arg(long, value_enum, default_value = "hardened")]
         scheme: SchemeArg,
-        /// Public output channels per real channel (fake-filter ratio r).
+        /// Public output channels per real channel (fakes beside the real filters).
         #[arg(long, default_value_t = 1.2)]
         ratio: f32,
-        /// Seed for a reproducible conversion (default: OS randomness).
-        #[arg(long)]
-        seed: Option<u64>,
+        /// Hardened: largest group of filters mixed together.
+        #[arg(long, default_value_t = 16)]
+        group: usize,
+        /// Layers to run whole inside the TEE, by node name (comma-separated or repeated);
+        /// `none` keeps none, not even the scheme's default (hardened: depthwise convs).
+        #[arg(long = "keep-in-tee", value_delimiter = ',')]
+        keep_in_tee: Vec<String>,
+        /// Seed the transform's randomness, for reproducible tests. INSECURE: whoever knows
+        /// the seed can redo the transform (keys and ids still come from the OS).
+        #[arg(long = "insecure-reproducible-seed")]
+        insecure_seed: Option<u64>,
         #[arg(long = "input-shape")]
         input_shapes: Vec<String>,
     },
-    /// Create a device key pair: DIR/device.key (secret) and DIR/device.pub.
+    /// Create a key pair: a device's (DIR/device.key, secret, and DIR/device.pub), or with
+    /// --vendor a vendor's signing key (DIR/vendor.key and DIR/vendor.pub).
     Keygen {
         #[arg(long, short = 'o')]
         output: PathBuf,
+        /// Make a vendor signing key instead of a device key.
+        #[arg(long)]
+        vendor: bool,
+        /// Device keys: vendor public keys the device trusts (repeatable; provisioning).
+        #[arg(long = "trust")]
+        trust: Vec<PathBuf>,
         /// Replace an existing key.
         #[arg(long)]
         force: bool,
+    },
+    /// Provision a device to trust more vendor public keys.
+    Trust {
+        /// The device's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Vendor public keys (from `shadownet keygen --vendor`).
+        #[arg(required = true)]
+        vendors: Vec<PathBuf>,
     },
     /// Describe a model (ops, parameters, FLOPs per layer, linear layers) or a package
     /// (public layers; with --key also the trusted core's memory).
@@ -110,29 +139,14 @@ enum Cmd {
     Demo,
     /// Time plain vs secure inference (and optionally ONNX Runtime / LiteRT) on one model.
     Bench(shadownet::bench::BenchArgs),
-    /// Run the published attacks (fake-partner, mask-reuse) against a package and score
-    /// them against the original model.
-    Attack(shadownet::attack::AttackArgs),
     /// Compare a model's every intermediate output against ONNX Runtime and/or the secure
     /// pipeline of a package (opened with the device key), to find where they diverge.
     Trace(shadownet::trace::TraceArgs),
-    /// Serve the trusted core on stdin/stdout (started by `run --enclave process`).
-    #[command(hide = true)]
-    Enclave {
-        #[arg(long)]
-        key: PathBuf,
-    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The trusted core gets one thread, as it would on a TEE.
-    let threads = if matches!(cli.cmd, Cmd::Enclave { .. }) {
-        Some(1)
-    } else {
-        cli.threads
-    };
-    if let Some(n) = threads {
+    if let Some(n) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
             .build_global()
@@ -183,37 +197,91 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Convert {
             model,
             to,
+            sign_with,
             output,
             scheme,
             ratio,
-            seed,
+            group,
+            keep_in_tee,
+            insecure_seed,
             input_shapes,
         } => {
-            let device_pub = keys::read_public_key(&to)?;
+            let device_pub = keys::read_device_public(&to)?;
+            let vendor = keys::read_vendor_secret(&sign_with)?;
             let m = load(&model, &parse_shapes(&input_shapes)?)?;
+            let keep = match keep_in_tee.as_slice() {
+                [] => shadownet_protect::Keep::Default,
+                [one] if one == "none" => shadownet_protect::Keep::None,
+                names => shadownet_protect::Keep::Names(names.to_vec()),
+            };
             let opts = shadownet_protect::Options {
                 scheme: match scheme {
                     SchemeArg::Shadownet => shadownet_trusted::Scheme::ShadowNet,
                     SchemeArg::Hardened => shadownet_trusted::Scheme::Hardened,
                 },
                 ratio,
-                seed,
+                group,
+                insecure_seed,
+                keep,
                 ..Default::default()
             };
+            if insecure_seed.is_some() {
+                eprintln!("warning: --insecure-reproducible-seed: anyone who knows the seed can redo this package's transform; never ship it");
+            }
             let t0 = Instant::now();
-            let n = secure::convert_to_dir(&m.graph, &device_pub, &output, &opts, true)?;
+            let c = secure::convert(&m.graph, &opts, true)?;
+            secure::write(&c, &device_pub, &vendor, &output)?;
             println!(
-                "wrote package {} ({n} outsourced layers, scheme {}) in {:.1} s",
+                "wrote package {} ({} outsourced layers, {} kept in the TEE, scheme {}) in {:.1} s",
                 output.display(),
+                c.header.layers.len(),
+                c.kept.len(),
                 opts.scheme.name(),
                 t0.elapsed().as_secs_f64()
             );
+            for (name, why) in &c.kept {
+                println!("  kept in the TEE: {name} ({why})");
+            }
             Ok(())
         }
-        Cmd::Keygen { output, force } => {
-            let (sk, pk) = keys::keygen(&output, force)?;
-            println!("secret key (keep on the device): {}", sk.display());
-            println!("public key (give to vendors):    {}", pk.display());
+        Cmd::Keygen {
+            output,
+            vendor,
+            trust,
+            force,
+        } => {
+            if vendor {
+                if !trust.is_empty() {
+                    bail!(
+                        "--trust pins vendor keys into a device key; it does not go with --vendor"
+                    );
+                }
+                let (sk, pk) = keys::vendor_keygen(&output, force)?;
+                println!("vendor signing key (keep it secret): {}", sk.display());
+                println!("vendor public key (pin into devices): {}", pk.display());
+            } else {
+                let pins = trust
+                    .iter()
+                    .map(|p| keys::read_vendor_public(p))
+                    .collect::<Result<Vec<_>>>()?;
+                let (sk, pk) = keys::device_keygen(&output, &pins, force)?;
+                println!("device key (stays on the device): {}", sk.display());
+                println!("device public key (give to vendors): {}", pk.display());
+                if pins.is_empty() {
+                    println!("note: this device trusts no vendor yet; add one with `shadownet trust --key {} VENDOR.pub`", sk.display());
+                } else {
+                    println!("trusts {} vendor key(s)", pins.len());
+                }
+            }
+            Ok(())
+        }
+        Cmd::Trust { key, vendors } => {
+            let pins = vendors
+                .iter()
+                .map(|p| keys::read_vendor_public(p))
+                .collect::<Result<Vec<_>>>()?;
+            let n = keys::device_trust(&key, &pins)?;
+            println!("{} now trusts {n} vendor key(s)", key.display());
             Ok(())
         }
         Cmd::Inspect {
@@ -253,28 +321,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Attack(a) => shadownet::attack::cmd(&a),
         Cmd::Bench(args) => shadownet::bench::run(&args),
         Cmd::Trace(args) => shadownet::trace::run(&args),
-        Cmd::Enclave { key } => {
-            let k = keys::read_secret_key(&key)?;
-            let platform = shadownet_untrusted::FilePlatform::beside_key(&key);
-            let mut core = shadownet_trusted::TrustedCore::new(k, Box::new(platform));
-            // The pipes as plain files: stdout's line buffering would cut binary frames at
-            // every 0x0A byte.
-            use std::os::fd::AsFd;
-            let pipe = |fd: std::io::Result<std::os::fd::OwnedFd>| {
-                fd.map(std::fs::File::from)
-                    .context("cannot take over the enclave pipes")
-            };
-            let mut input = std::io::BufReader::with_capacity(
-                1 << 16,
-                pipe(std::io::stdin().as_fd().try_clone_to_owned())?,
-            );
-            let mut output = pipe(std::io::stdout().as_fd().try_clone_to_owned())?;
-            shadownet_untrusted::enclave::serve(&mut core, &mut input, &mut output)
-                .context("enclave channel failed")
-        }
     }
 }
 
@@ -336,10 +384,16 @@ fn cmd_run_secure(
 ) -> Result<()> {
     let mut sm = secure::open_cpu(pkg, key, mode)?;
     sm.allow_slow_masks = allow_slow_masks;
-    let names: Vec<String> = sm.public.inputs.iter().map(|(n, _)| n.clone()).collect();
+    let names: Vec<String> = sm
+        .public
+        .header
+        .inputs
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
     let args: Vec<_> = inputs.iter().map(|s| plain::parse_input_arg(s)).collect();
     let bound = plain::bind_inputs(&names, &args)?;
-    for ((name, t), (_, want)) in bound.iter().zip(&sm.public.inputs) {
+    for ((name, t), (_, want)) in bound.iter().zip(&sm.public.header.inputs) {
         if &t.shape != want {
             bail!(
                 "input '{name}' has shape {:?}, but the model expects {want:?}",
@@ -352,9 +406,15 @@ fn cmd_run_secure(
     eprintln!(
         "secure inference took {:.2} ms ({} accelerator round trips)",
         t0.elapsed().as_secs_f64() * 1e3,
-        sm.last_round_trips
+        sm.last.round_trips
     );
-    let out_names: Vec<String> = sm.public.outputs.iter().map(|(n, _)| n.clone()).collect();
+    let out_names: Vec<String> = sm
+        .public
+        .header
+        .outputs
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
     write_outputs(output, &out_names, &outs)
 }
 
@@ -362,32 +422,57 @@ fn cmd_inspect_package(pkg: &Path, key: Option<&Path>) -> Result<()> {
     let public_path = pkg.join(shadownet_trusted::format::PUBLIC_FILE);
     let bytes = std::fs::read(&public_path)
         .with_context(|| format!("cannot read {}", public_path.display()))?;
-    let p = shadownet_trusted::decode_public(&bytes)
+    let (p, header_len) = shadownet_untrusted::PublicModel::decode(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", public_path.display()))?;
-    println!("package: {} (scheme {})", pkg.display(), p.scheme.name());
+    let h = &p.header;
     println!(
-        "conversion id: {}",
-        p.conversion_id
+        "package: {} (scheme {}, format v3)",
+        pkg.display(),
+        h.scheme.name()
+    );
+    println!(
+        "package id: {}",
+        h.package_id
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     );
-    for (n, s) in &p.inputs {
+    let sig = std::fs::read(pkg.join(shadownet_trusted::format::SIGNATURE_FILE))
+        .ok()
+        .and_then(|b| shadownet_trusted::format::SignatureFile::decode(&b).ok());
+    match sig {
+        Some(s) => println!(
+            "signed by vendor key {}",
+            s.vendor
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ),
+        None => {
+            println!("signature: missing or corrupt (the trusted core will refuse the package)")
+        }
+    }
+    for (n, s) in &h.inputs {
         println!("input  {n} {s:?}");
     }
-    for (n, s) in &p.outputs {
+    for (n, s) in &h.outputs {
         println!("output {n} {s:?}");
     }
-    let weights: usize = p.layers.iter().map(|l| l.weight.len()).sum();
+    let weights: usize = h
+        .layers
+        .iter()
+        .map(|l| l.weight.shape.iter().product::<usize>())
+        .sum();
     println!(
-        "public part: {} bytes, {} outsourced layers, {weights} public weights",
+        "public part: {} bytes ({header_len} header), {} outsourced layers, {weights} public weights",
         bytes.len(),
-        p.layers.len()
+        h.layers.len()
     );
-    for (k, l) in p.layers.iter().enumerate() {
+    for (k, l) in h.layers.iter().enumerate() {
         println!(
-            "  L{k:<4} {:<14} weight {:?}  {:?} -> {:?}",
+            "  L{k:<4} {:<14} weight {:?} {:?}  {:?} -> {:?}",
             l.kind.op().name(),
+            l.weight.dtype,
             l.weight.shape,
             l.input_shape,
             l.output_shape
@@ -395,19 +480,25 @@ fn cmd_inspect_package(pkg: &Path, key: Option<&Path>) -> Result<()> {
     }
     match key {
         Some(k) => {
-            let sm = secure::open_cpu(pkg, k, EnclaveMode::Inproc)?;
-            let total = sm.resident_bytes + sm.peak_activation_bytes;
+            // Measured, not computed: the enclave process's counting allocator after one
+            // inference (masks made on the spot, so the pool is left alone).
+            let mut sm = secure::open_cpu(pkg, k, EnclaveMode::Process)?;
+            sm.allow_slow_masks = true;
+            let opened = sm.enclave_memory()?.unwrap_or_default();
+            let zeros = h.inputs.iter().map(|(_, s)| Tensor::zeros(s)).collect();
+            sm.infer(zeros)?;
+            let after = sm.enclave_memory()?.unwrap_or_default();
             println!(
-                "trusted core: {} bytes resident (secret model), {} bytes peak activations, {} bytes peak in all ({:.2} MiB)",
+                "trusted core: {} bytes of resident model ({:.2} MiB); enclave process heap: {:.2} MiB live once opened, {:.2} MiB peak over one inference (counting allocator)",
                 sm.resident_bytes,
-                sm.peak_activation_bytes,
-                total,
-                total as f64 / (1 << 20) as f64
+                sm.resident_bytes as f64 / (1 << 20) as f64,
+                opened.live as f64 / (1 << 20) as f64,
+                after.peak as f64 / (1 << 20) as f64
             );
         }
-        None => {
-            println!("trusted core memory: pass --key DEVICE.key to open the secret and report it")
-        }
+        None => println!(
+            "trusted core memory: pass --key DEVICE.key to open the package and measure it"
+        ),
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod conv;
 pub mod gemm;
 mod par;
 pub mod pool;
+pub mod ring;
 
 pub use par::{sequential, threads};
 pub use shadownet_kernels::{elementwise, layout, norm, Error, Result};

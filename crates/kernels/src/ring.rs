@@ -77,9 +77,10 @@ pub fn conv2d(x: &RingTensor, w: &IntTensor, c: &Conv, out_shape: &[usize]) -> R
     }
 }
 
-/// The im2col columns (k × len) of output pixels p0..p0+len, zero in the padding.
+/// The im2col columns (k × len) of output pixels p0..p0+len, zero in the padding (`x`: one
+/// group's `cg` input planes).
 #[allow(clippy::too_many_arguments)]
-fn im2col(
+pub fn im2col(
     x: &[u64],
     [h, w]: [usize; 2],
     cg: usize,
