@@ -198,7 +198,27 @@ pub fn run(a: &TraceArgs) -> Result<()> {
         None => None,
     };
     let secure = match (&a.package, &a.key) {
-        (Some(p), Some(k)) => Some(secure_values(p, k, &inputs)?),
+        (Some(p), Some(k)) => {
+            let seen = secure_values(p, k, &inputs)?;
+            // Node k of the package's graph must be node k of this model.
+            let fits = seen.iter().all(|(&k, (_, ys))| {
+                g.nodes.get(k).is_some_and(|n| {
+                    ys.is_empty()
+                        || (ys.len() == n.outputs.len()
+                            && ys
+                                .iter()
+                                .zip(&n.outputs)
+                                .all(|(y, &o)| y.shape == g.values[o].shape))
+                })
+            }) && seen.keys().max().is_some_and(|&k| k + 1 == g.nodes.len());
+            if !fits {
+                bail!(
+                    "the package was not converted from this model: its graph differs from {}",
+                    a.model.display()
+                );
+            }
+            Some(seen)
+        }
         _ => None,
     };
 

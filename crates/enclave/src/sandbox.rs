@@ -53,9 +53,12 @@ const ALLOWED: &[i64] = &[
 
 /// Applies everything; `seccomp: false` leaves out the filter (for debugging the enclave).
 pub fn harden(seccomp: bool) -> Report {
-    let mut r = Report::default();
     // SAFETY: prctl with PR_SET_DUMPABLE reads no memory of ours.
-    r.not_dumpable = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } == 0;
+    let not_dumpable = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } == 0;
+    let mut r = Report {
+        not_dumpable,
+        ..Report::default()
+    };
     if !r.not_dumpable {
         r.notes.push(format!(
             "PR_SET_DUMPABLE: {}",

@@ -151,9 +151,11 @@ pub fn haar_orthogonal(h: usize, rng: &mut Rng) -> Vec<f64> {
         .collect();
     for i in 0..h {
         for j in 0..i {
-            let d: f64 = (0..h).map(|k| q[i][k] * q[j][k]).sum();
-            for k in 0..h {
-                q[i][k] -= d * q[j][k];
+            let (done, rest) = q.split_at_mut(i);
+            let (qi, qj) = (&mut rest[0], &done[j]);
+            let d: f64 = qi.iter().zip(qj).map(|(a, b)| a * b).sum();
+            for (a, b) in qi.iter_mut().zip(qj) {
+                *a -= d * b;
             }
         }
         let n = q[i].iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-300);

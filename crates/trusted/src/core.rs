@@ -131,6 +131,9 @@ pub enum PoolPart {
     Header(Vec<u8>),
 }
 
+/// A hardened package's consumed and issued counters' names, and the consumed one's epoch.
+type Counters = ([u8; 32], [u8; 32], [u8; 16]);
+
 /// What the core knows of one outsourced layer once the package is open.
 struct LayerInfo {
     node: usize,
@@ -161,7 +164,7 @@ struct Session {
     prefetch_begin: Vec<ChunkId>,
     pkg_key: Zeroizing<[u8; 32]>,
     /// Hardened: the consumed and issued counters' names and the epoch.
-    counters: Option<([u8; 32], [u8; 32], [u8; 16])>,
+    counters: Option<Counters>,
     resident: u64,
 }
 
@@ -546,7 +549,7 @@ impl TrustedCore {
     }
 
     /// The package's counters (created on first use, each in a fresh random epoch).
-    fn counters(&mut self, pkg_key: &[u8; 32]) -> Result<([u8; 32], [u8; 32], [u8; 16]), TeeError> {
+    fn counters(&mut self, pkg_key: &[u8; 32]) -> Result<Counters, TeeError> {
         let consumed = *crypto::derive(pkg_key, b"", &[b"counter/consumed"]);
         let issued = *crypto::derive(pkg_key, b"", &[b"counter/issued"]);
         let mut epoch = None;
@@ -1219,10 +1222,8 @@ fn segment_chunks(
     to: usize,
     ids: &mut Vec<ChunkId>,
 ) {
-    for k in from..to.min(kept_of.len()) {
-        if let Some(i) = kept_of[k] {
-            ids.push(ChunkId::Secret(model.kept[i as usize].chunk));
-        }
+    for i in kept_of.iter().take(to).skip(from).flatten() {
+        ids.push(ChunkId::Secret(model.kept[*i as usize].chunk));
     }
     if let Some(Some(l)) = layer_of.get(to) {
         if let LayerRestore::Paper { fixed: Some(f), .. } = &model.layers[*l as usize].restore {

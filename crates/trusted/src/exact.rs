@@ -21,6 +21,9 @@
 //! with probability ≤ 3/p < 2^-59. The range check and the comparison form one verdict
 //! that is reported only after the whole pass: a tampered correction must not let the
 //! host learn anything about T from which check failed, or when.
+// Index loops here walk several arrays laid out by one geometry; iterators would hide
+// which index is which.
+#![allow(clippy::needless_range_loop)]
 use alloc::vec;
 use alloc::vec::Vec;
 
