@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's test command: build fixtures, then run the Rust test suite.
+# The project's test command: build fixtures, then the whole workspace and its tests.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,15 +13,31 @@ SHADOWNET_FIXTURES="$(cd "$SHADOWNET_FIXTURES" && pwd)"
 "$REPO/scripts/make-fixtures.sh"
 
 # The trusted core must build without std: compile it for a bare-metal target, which
-# catches std leaking in through any dependency.
+# catches std (or an OS random source) leaking in through any dependency.
 if rustup target add thumbv7em-none-eabihf >/dev/null 2>&1; then
     cargo build --quiet -p shadownet-trusted --target thumbv7em-none-eabihf
     echo "test.sh: shadownet-trusted builds for thumbv7em-none-eabihf (no_std)" >&2
 else
-    echo "test.sh: cannot install the thumbv7em-none-eabihf target; skipping the no_std build" >&2
+    echo "test.sh: cannot install the thumbv7em-none-eabihf target; the no_std build is not checked" >&2
+    exit 1
 fi
 
+# Neither the trusted core nor the enclave binary may depend on the host's kernels.
+for pkg in shadownet-trusted shadownet-enclave; do
+    if cargo tree -p "$pkg" -e normal --prefix none | grep -q '^shadownet-cpu '; then
+        echo "test.sh: $pkg depends on shadownet-cpu (the host's kernels)" >&2
+        exit 1
+    fi
+done
+echo "test.sh: no dependency path from shadownet-trusted or shadownet-enclave to shadownet-cpu" >&2
+
+# Every binary first (the tests start the enclave process from target/release).
+cargo build --release --workspace --bins
 cargo test --workspace --release
+
+# `trace --package` runs through the trusted core's debug observer, which only a
+# `--features debug-trace` build has: its tests run on that build.
+cargo test --release -p shadownet --features debug-trace --test trace
 
 # The integrity check against every lying-accelerator mode, 1000 trials each, plus 1000
 # clean runs (ignored by `cargo test` alone: it takes a few minutes).

@@ -46,6 +46,12 @@ pub struct BenchArgs {
     /// Seed of the N(0,1) input and of the conversion.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Schemes to time (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub schemes: Vec<String>,
+    /// Where the trusted core runs: inproc, process (default: both).
+    #[arg(long, value_delimiter = ',')]
+    pub enclaves: Vec<String>,
 }
 
 /// Latency summary in milliseconds.
@@ -235,6 +241,9 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
 
     let mut variants: Vec<SecureVariant> = Vec::new();
     for &scheme in SCHEMES {
+        if !args.schemes.is_empty() && !args.schemes.iter().any(|s| s == scheme.name()) {
+            continue;
+        }
         let opts = shadownet_protect::Options {
             scheme,
             insecure_seed: Some(args.seed),
@@ -258,6 +267,9 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
                 EnclaveMode::Inproc => "inproc",
                 EnclaveMode::Process => "process",
             };
+            if !args.enclaves.is_empty() && !args.enclaves.iter().any(|e| e == mode_name) {
+                continue;
+            }
             let mut model = secure::open(
                 &pkg_dir,
                 &dev.device_key,

@@ -131,8 +131,13 @@ fn planted_restore_error_is_the_first_secure_divergence() {
     write_package(&clean_pkg, &c, &dev);
     let mut c = c;
     if let LayerRestore::Exact(e) = &mut c.secret.layers[layer].restore {
-        for t in &mut e.taps[channel] {
-            t.1 *= 1.5;
+        for g in &mut e.groups {
+            let h = g.public.len();
+            if let Some(ri) = g.real.iter().position(|&r| r as usize == channel) {
+                for v in &mut g.coeffs[ri * h..(ri + 1) * h] {
+                    *v *= 1.5;
+                }
+            }
         }
     }
     write_package(&bad_pkg, &c, &dev);

@@ -1,138 +1,226 @@
 //! Exact linear layers over Z/2^64 (the hardened scheme's outsourced layers) on the host:
-//! the same results as `shadownet_kernels::ring`, bit for bit, from a register-blocked
-//! wrapping-u64 GEMM compiled for AVX-512 (64-bit lane multiplies) when the CPU has it, on
-//! im2col tiles shared out over the pool.
+//! the same results as `shadownet_kernels::ring`, bit for bit.
+//!
+//! Convolutions are a packed GEMM, BLIS style: the weights are packed once (sign-extended
+//! into the ring, panels of [`MR`] output channels), each tile of output positions is
+//! im2col'd straight into panels of [`NR`] columns, and an 8×16 micro-kernel keeps its 16
+//! accumulators (8 rows × two 8-lane vectors) in AVX-512 registers, one 64-bit lane
+//! multiply (`vpmullq`) and add per multiply-accumulate. Tiles are shared out over the
+//! pool. CPUs without AVX-512DQ run the same loop in portable Rust.
 use rayon::prelude::*;
 use shadownet_ir::{Conv, IntTensor, RingTensor};
 
 use crate::par;
 
-/// u64 values of im2col tile per worker (half of a 1 MiB L2).
+pub const MR: usize = 8;
+pub const NR: usize = 16;
+/// u64 values of packed im2col tile per worker (about half of a 1 MiB L2).
 const TILE_VALUES: usize = 64 * 1024;
-const MR: usize = 4;
-const NR: usize = 16;
 
-/// c[m×n] (row stride ldc) += a[m×k] (i32, row stride lda) · b[k×n] (row stride ldb) over
-/// Z/2^64.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm(
-    m: usize,
-    n: usize,
+/// A conv's weights packed for the micro-kernel: per group, panels of MR output channels,
+/// each stored reduction-step-major (`[p][r]`), sign-extended into the ring.
+#[derive(Clone, Debug)]
+pub struct PackedConv {
+    pub conv: Conv,
+    /// Output channels per group and reduction length (C/g·kh·kw).
+    og: usize,
     k: usize,
-    a: &[i32],
-    lda: usize,
-    b: &[u64],
-    ldb: usize,
-    c: &mut [u64],
-    ldc: usize,
-) {
-    assert!(m == 0 || (m - 1) * lda + k <= a.len());
-    assert!(k == 0 || (k - 1) * ldb + n <= b.len());
-    assert!(m == 0 || (m - 1) * ldc + n <= c.len());
+    panels: usize,
+    data: Vec<u64>,
+}
+
+impl PackedConv {
+    pub fn new(w: &IntTensor, conv: &Conv) -> Self {
+        let g = conv.groups.max(1);
+        let o = w.shape[0];
+        let og = o / g;
+        let k = w.shape[1..].iter().product::<usize>();
+        let panels = og.div_ceil(MR);
+        let mut data = vec![0u64; g * panels * MR * k];
+        for gi in 0..g {
+            for pi in 0..panels {
+                let base = (gi * panels + pi) * MR * k;
+                for r in 0..MR {
+                    let oc = pi * MR + r;
+                    if oc >= og {
+                        continue;
+                    }
+                    let row = &w.data[(gi * og + oc) * k..(gi * og + oc + 1) * k];
+                    for (p, &v) in row.iter().enumerate() {
+                        data[base + p * MR + r] = v as i64 as u64;
+                    }
+                }
+            }
+        }
+        PackedConv {
+            conv: conv.clone(),
+            og,
+            k,
+            panels,
+            data,
+        }
+    }
+
+    fn panel(&self, group: usize, pi: usize) -> &[u64] {
+        let base = (group * self.panels + pi) * MR * self.k;
+        &self.data[base..base + MR * self.k]
+    }
+}
+
+/// `acc[r][j] = Σ_p a[p·MR + r] · b[p·NR + j]` over Z/2^64.
+fn kernel(k: usize, a: &[u64], b: &[u64], acc: &mut [[u64; NR]; MR]) {
+    assert!(a.len() >= k * MR && b.len() >= k * NR);
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512dq") {
-            // SAFETY: the CPU has AVX-512F/DQ, checked just above; the kernel is safe code.
-            return unsafe { gemm_avx512(m, n, k, a, lda, b, ldb, c, ldc) };
+            // SAFETY: the CPU has AVX-512F/DQ (checked just above); the slices hold the k
+            // steps the kernel reads (asserted above).
+            return unsafe { kernel_avx512(k, a.as_ptr(), b.as_ptr(), acc) };
         }
     }
-    gemm_blocked(m, n, k, a, lda, b, ldb, c, ldc)
+    for p in 0..k {
+        let av = &a[p * MR..p * MR + MR];
+        let bv = &b[p * NR..p * NR + NR];
+        for r in 0..MR {
+            for j in 0..NR {
+                acc[r][j] = acc[r][j].wrapping_add(av[r].wrapping_mul(bv[j]));
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_avx512(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[i32],
-    lda: usize,
-    b: &[u64],
-    ldb: usize,
-    c: &mut [u64],
-    ldc: usize,
-) {
-    gemm_blocked(m, n, k, a, lda, b, ldb, c, ldc)
-}
-
-/// 4 rows × 16 columns of C in registers; the 4 weights of a reduction step are
-/// broadcast against a 16-wide row segment of B.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn gemm_blocked(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[i32],
-    lda: usize,
-    b: &[u64],
-    ldb: usize,
-    c: &mut [u64],
-    ldc: usize,
-) {
-    let mut i0 = 0;
-    while i0 < m {
-        let mr = MR.min(m - i0);
-        // Weights of the block, sign-extended into the ring, p-major.
-        let mut ap = vec![0u64; k * MR];
-        for p in 0..k {
-            for r in 0..mr {
-                ap[p * MR + r] = a[(i0 + r) * lda + p] as i64 as u64;
-            }
+unsafe fn kernel_avx512(k: usize, a: *const u64, b: *const u64, acc: &mut [[u64; NR]; MR]) {
+    use std::arch::x86_64::*;
+    let mut c = [_mm512_setzero_si512(); 2 * MR];
+    for p in 0..k {
+        let b0 = _mm512_loadu_si512(b.add(p * NR) as *const _);
+        let b1 = _mm512_loadu_si512(b.add(p * NR + 8) as *const _);
+        let ap = a.add(p * MR);
+        for r in 0..MR {
+            let av = _mm512_set1_epi64(*ap.add(r) as i64);
+            c[2 * r] = _mm512_add_epi64(c[2 * r], _mm512_mullo_epi64(av, b0));
+            c[2 * r + 1] = _mm512_add_epi64(c[2 * r + 1], _mm512_mullo_epi64(av, b1));
         }
-        let mut j0 = 0;
-        while j0 < n {
-            let nr = NR.min(n - j0);
-            let mut acc = [[0u64; NR]; MR];
-            if nr == NR {
-                for p in 0..k {
-                    let row: &[u64; NR] = b[p * ldb + j0..p * ldb + j0 + NR]
-                        .try_into()
-                        .expect("length checked above");
-                    let w = &ap[p * MR..p * MR + MR];
-                    for r in 0..MR {
-                        for j in 0..NR {
-                            acc[r][j] = acc[r][j].wrapping_add(w[r].wrapping_mul(row[j]));
-                        }
-                    }
-                }
-            } else {
-                for p in 0..k {
-                    let row = &b[p * ldb + j0..p * ldb + j0 + nr];
-                    let w = &ap[p * MR..p * MR + MR];
-                    for r in 0..MR {
-                        for j in 0..nr {
-                            acc[r][j] = acc[r][j].wrapping_add(w[r].wrapping_mul(row[j]));
-                        }
-                    }
-                }
-            }
-            for r in 0..mr {
-                let dst = &mut c[(i0 + r) * ldc + j0..(i0 + r) * ldc + j0 + nr];
-                for (d, v) in dst.iter_mut().zip(&acc[r]) {
-                    *d = d.wrapping_add(*v);
-                }
-            }
-            j0 += NR;
+    }
+    for r in 0..MR {
+        let lo = &mut acc[r][..8];
+        let mut t = [0u64; 8];
+        _mm512_storeu_si512(t.as_mut_ptr() as *mut _, c[2 * r]);
+        for (d, v) in lo.iter_mut().zip(t) {
+            *d = d.wrapping_add(v);
         }
-        i0 += MR;
+        _mm512_storeu_si512(t.as_mut_ptr() as *mut _, c[2 * r + 1]);
+        for (d, v) in acc[r][8..].iter_mut().zip(t) {
+            *d = d.wrapping_add(v);
+        }
     }
 }
 
-/// A convolution (any groups, strides, dilations, pads) over Z/2^64.
-pub fn conv2d(x: &RingTensor, w: &IntTensor, c: &Conv, out_shape: &[usize]) -> RingTensor {
+/// im2col of output positions p0..p0+len of one group's `cg` input planes, packed in
+/// panels of NR columns (`[panel][p][j]`, zero beyond `len` and in the padding). Walks
+/// each (channel, tap) row of the im2col matrix in runs of one output row, so stride-1
+/// layers copy contiguous input.
+#[allow(clippy::too_many_arguments)]
+fn im2col_packed(
+    x: &[u64],
+    [h, w]: [usize; 2],
+    cg: usize,
+    c: &Conv,
+    ow: usize,
+    p0: usize,
+    len: usize,
+    out: &mut Vec<u64>,
+) {
+    let [kh, kw] = c.kernel;
+    let [sh, sw] = c.stride;
+    let [dh, dw] = c.dilation;
+    let k = cg * kh * kw;
+    let panels = len.div_ceil(NR);
+    out.clear();
+    out.resize(panels * k * NR, 0);
+    let (pt, pl) = (c.pads[0] as isize, c.pads[1] as isize);
+    for ci in 0..cg {
+        let plane = &x[ci * h * w..(ci + 1) * h * w];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let p = (ci * kh + ky) * kw + kx;
+                let xoff = (kx * dw) as isize - pl;
+                let mut j = 0;
+                while j < len {
+                    let pos = p0 + j;
+                    let (oy, ox0) = (pos / ow, pos % ow);
+                    let seg = (ow - ox0).min(len - j);
+                    let iy = (oy * sh + ky * dh) as isize - pt;
+                    if iy >= 0 && iy < h as isize {
+                        let row = &plane[iy as usize * w..(iy as usize + 1) * w];
+                        let (a, b) = shadownet_kernels::conv::valid_range(ox0, seg, sw, xoff, w);
+                        for q in a..b {
+                            let jj = j + q;
+                            let ix = (((ox0 + q) * sw) as isize + xoff) as usize;
+                            out[(jj / NR) * k * NR + p * NR + jj % NR] = row[ix];
+                        }
+                    }
+                    j += seg;
+                }
+            }
+        }
+    }
+}
+
+/// One tile of one group: out tile [og × len] (row-major, row stride len).
+#[allow(clippy::too_many_arguments)]
+fn conv_tile(
+    pw: &PackedConv,
+    group: usize,
+    xg: &[u64],
+    in_hw: [usize; 2],
+    ow: usize,
+    p0: usize,
+    len: usize,
+    bp: &mut Vec<u64>,
+    res: &mut Vec<u64>,
+) {
+    let k = pw.k;
+    let cg = k / (pw.conv.kernel[0] * pw.conv.kernel[1]);
+    im2col_packed(xg, in_hw, cg, &pw.conv, ow, p0, len, bp);
+    res.clear();
+    res.resize(pw.og * len, 0);
+    for pi in 0..pw.panels {
+        let a = pw.panel(group, pi);
+        for (bj, b) in bp.chunks(k * NR).enumerate() {
+            let mut acc = [[0u64; NR]; MR];
+            kernel(k, a, b, &mut acc);
+            for (r, row) in acc.iter().enumerate() {
+                let oc = pi * MR + r;
+                if oc >= pw.og {
+                    break;
+                }
+                let j0 = bj * NR;
+                let n = NR.min(len - j0);
+                res[oc * len + j0..oc * len + j0 + n].copy_from_slice(&row[..n]);
+            }
+        }
+    }
+}
+
+/// A convolution (any groups, strides, dilations, pads) over Z/2^64 with prepacked weights.
+pub fn conv2d_packed(x: &RingTensor, pw: &PackedConv, out_shape: &[usize]) -> RingTensor {
     let (n, cin, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    let (o, cg) = (w.shape[0], w.shape[1]);
+    let g = pw.conv.groups.max(1);
+    let cg = cin / g;
+    let og = pw.og;
+    let o = og * g;
     let (oh, ow) = (out_shape[2], out_shape[3]);
-    let g = c.groups;
-    let og = o / g;
     let hw = oh * ow;
-    let k = cg * c.kernel[0] * c.kernel[1];
+    let k = pw.k;
     let mut out = vec![0u64; n * o * hw];
-    let tile = (TILE_VALUES / k.max(1)).clamp(16, 4096).min(hw.max(1));
+    let tile = ((TILE_VALUES / k.max(1)) / NR * NR)
+        .clamp(NR, 1024)
+        .min(hw.max(1));
     let ntiles = hw.div_ceil(tile);
-    let threads = if og * k * hw < crate::gemm::PARALLEL_MIN_MACS {
+    let threads = if og * k * hw < crate::gemm::PARALLEL_MIN_MACS / 2 {
         1
     } else {
         par::threads()
@@ -140,44 +228,34 @@ pub fn conv2d(x: &RingTensor, w: &IntTensor, c: &Conv, out_shape: &[usize]) -> R
     for b in 0..n {
         for gi in 0..g {
             let xg = &x.data[(b * cin + gi * cg) * h * wd..(b * cin + (gi + 1) * cg) * h * wd];
-            let wg = &w.data[gi * og * k..(gi + 1) * og * k];
             let outg = &mut out[(b * o + gi * og) * hw..(b * o + (gi + 1) * og) * hw];
-            let run_tile = |t: usize, buf: &mut Vec<u64>, res: &mut Vec<u64>| {
-                let p0 = t * tile;
-                let len = tile.min(hw - p0);
-                buf.resize(k * len, 0);
-                shadownet_kernels::ring::im2col(xg, [h, wd], cg, c, [oh, ow], p0, len, buf);
-                res.clear();
-                res.resize(og * len, 0);
-                gemm(og, len, k, wg, k, buf, len, res, len);
-                len
+            let place = |outg: &mut [u64], t: usize, len: usize, res: &[u64]| {
+                for r in 0..og {
+                    outg[r * hw + t * tile..r * hw + t * tile + len]
+                        .copy_from_slice(&res[r * len..(r + 1) * len]);
+                }
             };
             if threads == 1 || ntiles < 2 {
-                let (mut buf, mut res) = (Vec::new(), Vec::new());
+                let (mut bp, mut res) = (Vec::new(), Vec::new());
                 for t in 0..ntiles {
-                    let len = run_tile(t, &mut buf, &mut res);
-                    for r in 0..og {
-                        outg[r * hw + t * tile..r * hw + t * tile + len]
-                            .copy_from_slice(&res[r * len..(r + 1) * len]);
-                    }
+                    let len = tile.min(hw - t * tile);
+                    conv_tile(pw, gi, xg, [h, wd], ow, t * tile, len, &mut bp, &mut res);
+                    place(outg, t, len, &res);
                 }
             } else {
-                // Tiles in parallel, each written back into its columns afterwards.
                 let parts: Vec<(usize, usize, Vec<u64>)> = (0..ntiles)
                     .into_par_iter()
                     .map_init(
                         || (Vec::new(), Vec::new()),
-                        |(buf, res), t| {
-                            let len = run_tile(t, buf, res);
+                        |(bp, res), t| {
+                            let len = tile.min(hw - t * tile);
+                            conv_tile(pw, gi, xg, [h, wd], ow, t * tile, len, bp, res);
                             (t, len, std::mem::take(res))
                         },
                     )
                     .collect();
                 for (t, len, res) in parts {
-                    for r in 0..og {
-                        outg[r * hw + t * tile..r * hw + t * tile + len]
-                            .copy_from_slice(&res[r * len..(r + 1) * len]);
-                    }
+                    place(outg, t, len, &res);
                 }
             }
         }
@@ -188,9 +266,13 @@ pub fn conv2d(x: &RingTensor, w: &IntTensor, c: &Conv, out_shape: &[usize]) -> R
     }
 }
 
-/// x [.., K] · W [K, M] over Z/2^64: C[rows × M] = X[rows × K] · W, as Wᵀ-free GEMM with the
-/// weights on the left: Cᵀ = Wᵀ·Xᵀ would need transposes, so rows of X are processed as
-/// one-row GEMMs against the K×M weight (row-broadcast form).
+/// A convolution over Z/2^64 (packs the weights for this call).
+pub fn conv2d(x: &RingTensor, w: &IntTensor, c: &Conv, out_shape: &[usize]) -> RingTensor {
+    conv2d_packed(x, &PackedConv::new(w, c), out_shape)
+}
+
+/// x [.., K] · W [K, M] over Z/2^64: per row of x, a wrapping multiply-add over W's rows,
+/// which vectorises over M (a dense layer at batch 1 reads W once: memory-bound).
 pub fn matmul(x: &RingTensor, w: &IntTensor) -> RingTensor {
     let k = w.shape[0];
     let m = w.shape[1];
@@ -240,6 +322,7 @@ mod tests {
             (8, 8, 2, 3, 2, 1, 20),
             (16, 40, 1, 1, 1, 0, 70),
             (32, 33, 1, 3, 1, 1, 64),
+            (6, 6, 6, 3, 1, 1, 17),
         ] {
             let c = Conv {
                 kernel: [k, k],
@@ -266,7 +349,8 @@ mod tests {
             .unwrap();
             assert_eq!(
                 conv2d(&x, &w, &c, &out[0]),
-                shadownet_kernels::ring::conv2d(&x, &w, &c, &out[0])
+                shadownet_kernels::ring::conv2d(&x, &w, &c, &out[0]),
+                "{cin}->{o} g{g} {k}x{k} s{st}"
             );
         }
         let x = RingTensor {

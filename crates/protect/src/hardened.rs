@@ -15,7 +15,7 @@
 //! (a Kronecker model of the filters' covariance); for a dense layer, each coordinate is
 //! drawn with the real filters' RMS at that coordinate.
 use shadownet_ir::{IntTensor, Tensor};
-use shadownet_trusted::format::ExactLayer;
+use shadownet_trusted::format::{ExactLayer, MixGroup};
 
 use crate::rng::Rng;
 
@@ -173,11 +173,12 @@ fn norm(v: &[f32]) -> f32 {
     }
 }
 
-/// One mixing domain's public rows (real-valued) and, per real filter, its restore taps
-/// over the domain's public positions (coefficient without the row scale yet).
+/// One mixing domain's public rows (real-valued) and its groups: per group, its public
+/// rows (positions in the domain) and, per real filter in it, (filter, coefficient per
+/// public row) without the rows' quantisation scales yet.
 struct Domain {
     rows: Vec<Vec<f32>>,
-    taps: Vec<Vec<(usize, f64)>>,
+    groups: Vec<(Vec<usize>, Vec<(usize, Vec<f64>)>)>,
 }
 
 fn mix_domain(reals: &[Vec<f32>], taps: usize, p: &MixParams, rng: &mut Rng) -> Domain {
@@ -196,7 +197,7 @@ fn mix_domain(reals: &[Vec<f32>], taps: usize, p: &MixParams, rng: &mut Rng) -> 
     let ngroups = m.div_ceil(p.group.max(2));
     let d = bank.first().map_or(0, |b| b.len());
     let mut rows = vec![vec![0f32; d]; m];
-    let mut out_taps = vec![Vec::new(); n];
+    let mut groups = Vec::with_capacity(ngroups);
     let mut start = 0;
     for gi in 0..ngroups {
         let h = m / ngroups + usize::from(gi < m % ngroups);
@@ -210,21 +211,19 @@ fn mix_domain(reals: &[Vec<f32>], taps: usize, p: &MixParams, rng: &mut Rng) -> 
                 }
             }
         }
-        // B_c = Σ_r Q[r][c]·P_r, and real filter i = α_i·B_c.
-        for c in 0..h {
-            let b = order[start + c];
-            if b < n {
-                out_taps[b] = (0..h)
-                    .map(|r| (place[start + r], q[r * h + c] * alpha[b] as f64))
-                    .collect();
-            }
-        }
+        // B_c = Σ_r Q[r][c]·P_r (Q orthogonal), and real filter i = α_i·B_c.
+        let public: Vec<usize> = (0..h).map(|r| place[start + r]).collect();
+        let real: Vec<(usize, Vec<f64>)> = (0..h)
+            .filter(|&c| order[start + c] < n)
+            .map(|c| {
+                let b = order[start + c];
+                (b, (0..h).map(|r| q[r * h + c] * alpha[b] as f64).collect())
+            })
+            .collect();
+        groups.push((public, real));
         start += h;
     }
-    Domain {
-        rows,
-        taps: out_taps,
-    }
+    Domain { rows, groups }
 }
 
 /// The public integer weights and the secret restore parameters of one layer.
@@ -248,16 +247,17 @@ pub fn mix_layer(
     let n = all.len();
     let per = n / domains.max(1);
     let mut rows: Vec<Vec<f32>> = Vec::new();
-    let mut real_taps: Vec<Vec<(usize, f64)>> = Vec::with_capacity(n);
+    let mut raw_groups: Vec<(Vec<usize>, Vec<(usize, Vec<f64>)>)> = Vec::new();
     for di in 0..domains {
         let dom = mix_domain(&all[di * per..(di + 1) * per], taps, p, rng);
         let base = rows.len();
         rows.extend(dom.rows);
-        real_taps.extend(
-            dom.taps
-                .into_iter()
-                .map(|t| t.into_iter().map(|(q, c)| (base + q, c)).collect()),
-        );
+        raw_groups.extend(dom.groups.into_iter().map(|(public, real)| {
+            (
+                public.into_iter().map(|q| base + q).collect(),
+                real.into_iter().map(|(i, c)| (di * per + i, c)).collect(),
+            )
+        }));
     }
     // Row-wise quantisation to weight_bits.
     let levels = ((1u64 << (p.weight_bits - 1)) - 1) as f64;
@@ -280,12 +280,16 @@ pub fn mix_layer(
     let mut shape = w.shape.clone();
     shape[filter_axis] = qrows.len();
     let weight = from_filters(&qrows, &shape, filter_axis);
-    let taps_out = real_taps
+    let groups = raw_groups
         .into_iter()
-        .map(|t| {
-            t.into_iter()
-                .map(|(q, c)| (q as u32, (c * scales[q]) as f32))
-                .collect()
+        .filter(|(_, real)| !real.is_empty())
+        .map(|(public, real)| MixGroup {
+            coeffs: real
+                .iter()
+                .flat_map(|(_, c)| c.iter().zip(&public).map(|(c, &q)| (c * scales[q]) as f32))
+                .collect(),
+            real: real.iter().map(|(i, _)| *i as u32).collect(),
+            public: public.iter().map(|&q| q as u32).collect(),
         })
         .collect();
     Mixed {
@@ -294,7 +298,7 @@ pub fn mix_layer(
             in_perm: Vec::new(),
             act_bits,
             bound,
-            taps: taps_out,
+            groups,
         },
     }
 }
@@ -352,26 +356,32 @@ mod tests {
                 axis,
             );
             let real = filters(&w, axis);
-            assert_eq!(mixed.layer.taps.len(), real.len());
-            assert!(pubf.len() > real.len());
-            for (i, taps) in mixed.layer.taps.iter().enumerate() {
-                let mut rec = vec![0f64; real[i].len()];
-                for &(q, c) in taps {
-                    for (d, &v) in rec.iter_mut().zip(&pubf[q as usize]) {
-                        *d += c as f64 * v as f64;
+            let nreal: usize = mixed.layer.groups.iter().map(|g| g.real.len()).sum();
+            assert_eq!(nreal, real.len());
+            for g in &mixed.layer.groups {
+                let h = g.public.len();
+                assert!(h <= 4 && g.coeffs.len() == g.real.len() * h);
+                for (ri, &i) in g.real.iter().enumerate() {
+                    let i = i as usize;
+                    let mut rec = vec![0f64; real[i].len()];
+                    for (j, &q) in g.public.iter().enumerate() {
+                        let c = g.coeffs[ri * h + j] as f64;
+                        for (d, &v) in rec.iter_mut().zip(&pubf[q as usize]) {
+                            *d += c * v as f64;
+                        }
                     }
+                    let scale = real[i].iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
+                    for (a, &b) in rec.iter().zip(&real[i]) {
+                        assert!(
+                            (a - b as f64).abs() <= 1e-4 * scale,
+                            "{shape:?} filter {i}: {a} vs {b}"
+                        );
+                    }
+                    // A grouped conv's filters only use their own group's public rows.
+                    let per_dom = pubf.len() / domains;
+                    let dom = i / (real.len() / domains);
+                    assert!(g.public.iter().all(|&q| q as usize / per_dom == dom));
                 }
-                let scale = real[i].iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
-                for (a, &b) in rec.iter().zip(&real[i]) {
-                    assert!(
-                        (a - b as f64).abs() <= 1e-4 * scale,
-                        "{shape:?} filter {i}: {a} vs {b}"
-                    );
-                }
-                // A grouped conv's filters only use their own group's public rows.
-                let per_dom = pubf.len() / domains;
-                let dom = i / (real.len() / domains);
-                assert!(taps.iter().all(|&(q, _)| q as usize / per_dom == dom));
             }
             // Honest accumulators stay within the bound, which keeps below 2^60.
             assert!(mixed.layer.bound < 1 << 60);

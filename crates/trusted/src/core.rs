@@ -45,14 +45,34 @@ pub enum ChunkId {
     PoolBody(u32),
 }
 
+/// Lists of byte strings encoded as byte strings (postcard writes a plain `Vec<u8>` byte
+/// by byte through serde's sequence path: megabytes of pool corrections crawled).
+mod blobs {
+    use alloc::vec::Vec;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        let refs: Vec<&serde_bytes::Bytes> = v.iter().map(|b| serde_bytes::Bytes::new(b)).collect();
+        refs.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let v: Vec<serde_bytes::ByteBuf> = Vec::deserialize(d)?;
+        Ok(v.into_iter().map(serde_bytes::ByteBuf::into_vec).collect())
+    }
+}
+
 /// Messages from the untrusted host (ECALLs).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum HostToTee {
     /// Open a package: the header region of `public.bin` (magic, length, header), the
     /// sealed secret and the vendor signature.
     Open {
+        #[serde(with = "serde_bytes")]
         public_header: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         sealed: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         signature: Vec<u8>,
     },
     /// Start one inference on the model inputs, in model-input order. Hardened packages
@@ -68,10 +88,14 @@ pub enum HostToTee {
     LinearDone {
         layer: u32,
         output: Payload,
+        #[serde(with = "blobs")]
         chunks: Vec<Vec<u8>>,
     },
     /// The chunks a `NeedChunks` asked for, in its order.
-    Chunks { chunks: Vec<Vec<u8>> },
+    Chunks {
+        #[serde(with = "blobs")]
+        chunks: Vec<Vec<u8>>,
+    },
     /// Make `count` one-time mask entries (hardened packages).
     Precompute { count: u32 },
     /// Go on after a `PoolPart`.
@@ -82,8 +106,10 @@ pub enum HostToTee {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PoolEntryRef {
     /// The entry file's first `pool::PREFIX` bytes (magic, index, epoch).
+    #[serde(with = "serde_bytes")]
     pub prefix: Vec<u8>,
     /// The sealed header at the entry file's end.
+    #[serde(with = "serde_bytes")]
     pub header: Vec<u8>,
 }
 
@@ -124,11 +150,15 @@ pub enum TeeToHost {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum PoolPart {
     /// The entry file's prefix (comes first).
-    Prefix(Vec<u8>),
+    Prefix(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Layer `layer`'s encrypted correction, appended in layer order.
-    Body { layer: u32, bytes: Vec<u8> },
+    Body {
+        layer: u32,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
     /// The sealed header, appended last: the entry is complete.
-    Header(Vec<u8>),
+    Header(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// A hardened package's consumed and issued counters' names, and the consumed one's epoch.
@@ -443,8 +473,7 @@ impl TrustedCore {
                     if !perm_ok
                         || !(2..=31).contains(&e.act_bits)
                         || e.bound >= 1 << 60
-                        || e.taps.len() != n
-                        || e.taps.iter().flatten().any(|&(q, _)| q as usize >= m)
+                        || !groups_ok(&e.groups, m, n)
                         || matches!(&p.kind, LinearKind::Conv(cv) if cv.groups > 1 && !e.in_perm.is_empty())
                     {
                         return Err(bad);
@@ -1266,6 +1295,26 @@ fn free_dead(g: &Graph, last: &[usize], k: usize, vals: &mut [Option<Tensor>]) {
     }
 }
 
+/// Mixing groups that cover every one of the `n` real channels exactly once, read public
+/// channels below `m`, and have a coefficient per (real, public) pair.
+fn groups_ok(groups: &[format::MixGroup], m: usize, n: usize) -> bool {
+    let mut seen = vec![false; n];
+    for g in groups {
+        if g.coeffs.len() != g.real.len() * g.public.len()
+            || g.public.iter().any(|&q| q as usize >= m)
+        {
+            return false;
+        }
+        for &r in &g.real {
+            match seen.get_mut(r as usize) {
+                Some(s) if !*s => *s = true,
+                _ => return false,
+            }
+        }
+    }
+    seen.iter().all(|&s| s)
+}
+
 fn validate_chunks(chunks: &[ChunkMeta]) -> Result<(), TeeError> {
     if chunks
         .iter()
@@ -1366,7 +1415,11 @@ fn resident_bytes(m: &SecretModel) -> usize {
                     }
                 },
                 LayerRestore::Exact(e) => {
-                    e.taps.iter().map(|t| t.len() * 8).sum::<usize>() + e.in_perm.len() * 4
+                    e.groups
+                        .iter()
+                        .map(|g| g.coeffs.len() * 4 + (g.public.len() + g.real.len()) * 4)
+                        .sum::<usize>()
+                        + e.in_perm.len() * 4
                 }
             };
             r + l.bias.as_ref().map_or(0, |b| b.len() * 4)

@@ -184,19 +184,11 @@ impl Keystream {
         self.0.seek(word.saturating_mul(8));
     }
 
-    /// XORs the next `out.len()` words of keystream into `out`.
+    /// XORs the next `out.len()` words of keystream into `out`, in place (the words'
+    /// little-endian bytes are the keystream's order; on a big-endian machine the XOR still
+    /// applies a keystream, in another byte order, consistently on both sides).
     pub fn xor_words(&mut self, out: &mut [u64]) {
-        // Words are their own little-endian bytes on little-endian machines; elsewhere
-        // the XOR still applies a keystream, just in another byte order, consistently.
-        let mut buf = [0u8; 512];
-        for chunk in out.chunks_mut(64) {
-            let bytes = &mut buf[..chunk.len() * 8];
-            bytes.fill(0);
-            self.0.apply_keystream(bytes);
-            for (w, b) in chunk.iter_mut().zip(bytes.chunks_exact(8)) {
-                *w ^= u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
-            }
-        }
+        self.0.apply_keystream(bytemuck::cast_slice_mut(out));
     }
 
     /// Fills `out` with the next words of keystream.

@@ -257,6 +257,36 @@ pub struct Masked {
     pub scale: f32,
 }
 
+/// 1.5·2^52: adding it to an f64 below 2^51 in magnitude rounds to the nearest integer
+/// (ties to even), which then sits in the low mantissa bits. No rounding instruction is
+/// needed, so the loop vectorises on any target.
+const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0;
+
+#[inline(always)]
+fn round_i64(v: f64) -> i64 {
+    ((v + ROUND_MAGIC).to_bits() as i64).wrapping_sub(ROUND_MAGIC.to_bits() as i64)
+}
+
+/// A signed value with |v| < 2^61 as an element of F_p, without a branch.
+#[inline(always)]
+fn to_field(v: i64) -> u64 {
+    (v + ((v >> 63) & field::P as i64)) as u64
+}
+
+/// Σ aᵢ·bᵢ mod p over reduced elements: 32 products (each < 2^122) summed exactly in
+/// u128, then folded; a tight loop with no per-element bookkeeping.
+pub fn dot_p(a: &[u64], b: &[u64]) -> u64 {
+    let mut total = 0u64;
+    for (ca, cb) in a.chunks(32).zip(b.chunks(32)) {
+        let mut acc = 0u128;
+        for (&x, &y) in ca.iter().zip(cb) {
+            acc += x as u128 * y as u128;
+        }
+        total = field::add(total, field::reduce(acc));
+    }
+    total
+}
+
 /// Quantises, reorders and masks the real input `x` of an exact layer (see the module
 /// docs), accumulating G for the check in the same pass.
 pub fn mask_input(
@@ -274,23 +304,23 @@ pub fn mask_input(
     }
     // σ from the largest magnitude: a NaN or infinity cannot be represented at all.
     let mut peak = 0f32;
+    let mut finite = true;
     for &v in &x.data {
-        if !v.is_finite() {
-            return Err(TeeError::OutOfRange);
-        }
+        finite &= v.is_finite();
         peak = peak.max(v.abs());
     }
-    let levels = ((1u64 << (layer.act_bits - 1)) - 1) as f64;
+    if !finite {
+        return Err(TeeError::OutOfRange);
+    }
+    let levels = ((1u64 << (layer.act_bits - 1)) - 1) as i64;
     let scale = if peak > 0.0 {
-        peak as f64 / levels
+        peak as f64 / levels as f64
     } else {
         1.0
     };
     let inv = 1.0 / scale;
-    let quant = |v: f32| -> i64 {
-        // |v·inv| ≤ levels by the choice of σ; the clamp only absorbs rounding of inv.
-        libm::round(v as f64 * inv).clamp(-levels, levels) as i64
-    };
+    // |v·inv| ≤ levels by the choice of σ; the clamp only absorbs the rounding of inv.
+    let quant = |v: f32| round_i64(v as f64 * inv).clamp(-levels, levels);
     let mut out = vec![0u64; n];
     Keystream::new(mask_key, stream, DOMAIN_MASK).fill_words(&mut out);
     let mut g = vec![0u64; geo.k_total()];
@@ -308,42 +338,47 @@ pub fn mask_input(
             ..
         } => {
             let plane = h * w;
-            let mut q = vec![0i64; plane];
-            let mut qf = vec![0u64; w];
+            let mut qf = vec![0u64; plane];
+            let mut gathered = vec![0u64; ow];
             let mut rsum = vec![0u64; kw];
-            let mut acc = vec![Dot::default(); kh * kw];
+            let mut acc = vec![0u64; kh * kw];
             for b in 0..batch {
                 for ch in 0..c {
                     let src = layer.in_perm.get(ch).map_or(ch, |&p| p as usize);
                     let xin = &x.data[(b * c + src) * plane..(b * c + src + 1) * plane];
                     let dst = &mut out[(b * c + ch) * plane..(b * c + ch + 1) * plane];
-                    for ((qv, d), &v) in q.iter_mut().zip(dst.iter_mut()).zip(xin) {
-                        *qv = quant(v);
-                        *d = d.wrapping_add(*qv as u64);
+                    for ((d, f), &v) in dst.iter_mut().zip(qf.iter_mut()).zip(xin) {
+                        let q = quant(v);
+                        *d = d.wrapping_add(q as u64);
+                        *f = to_field(q);
                     }
-                    acc.iter_mut().for_each(|a| *a = Dot::default());
+                    acc.iter_mut().for_each(|a| *a = 0);
                     for iy in 0..h {
-                        for (f, &v) in qf.iter_mut().zip(&q[iy * w..(iy + 1) * w]) {
-                            *f = field::from_i64(v);
-                        }
-                        // Σ_col b_col·x over the columns each kernel column kx reads: the
-                        // same for every kernel row, so computed once per input row.
+                        let row = &qf[iy * w..(iy + 1) * w];
+                        // Σ_col b_col·x over the columns kernel column kx reads: the same
+                        // for every kernel row, so made once per input row.
                         for (kx, rs) in rsum.iter_mut().enumerate() {
-                            let mut d = Dot::default();
-                            if transposed {
-                                for (ix, &xv) in qf.iter().enumerate() {
+                            *rs = if transposed {
+                                let mut s = 0u64;
+                                for (ix, &xv) in row.iter().enumerate() {
                                     if let Some(ox) = convt_out_index(ix, kx, sw, dw, pl, ow) {
-                                        d.add(chk.b[ox], xv);
+                                        s = field::add(s, field::mul(chk.b[ox], xv));
                                     }
                                 }
+                                s
                             } else {
                                 let off = (kx * dw) as isize - pl as isize;
                                 let (lo, hi) = valid_range(0, ow, sw, off, w);
-                                for ox in lo..hi {
-                                    d.add(chk.b[ox], qf[((ox * sw) as isize + off) as usize]);
+                                if sw == 1 {
+                                    let first = (lo as isize + off) as usize;
+                                    dot_p(&chk.b[lo..hi], &row[first..first + (hi - lo)])
+                                } else {
+                                    for (gv, ox) in gathered.iter_mut().zip(lo..hi) {
+                                        *gv = row[((ox * sw) as isize + off) as usize];
+                                    }
+                                    dot_p(&chk.b[lo..hi], &gathered[..hi - lo])
                                 }
-                            }
-                            *rs = d.value();
+                            };
                         }
                         for ky in 0..kh {
                             let oy = if transposed {
@@ -354,31 +389,29 @@ pub fn mask_input(
                             let Some(oy) = oy else { continue };
                             let a = chk.a[b * oh + oy];
                             for (kx, &rs) in rsum.iter().enumerate() {
-                                acc[ky * kw + kx].add(a, rs);
+                                let t = &mut acc[ky * kw + kx];
+                                *t = field::add(*t, field::mul(a, rs));
                             }
                         }
                     }
-                    for (t, a) in acc.iter().enumerate() {
+                    for (t, &a) in acc.iter().enumerate() {
                         let k = ch * kh * kw + t;
-                        g[k] = field::add(g[k], a.value());
+                        g[k] = field::add(g[k], a);
                     }
                 }
             }
         }
         Geometry::Dense { rows, k, .. } => {
-            let mut acc = vec![Dot::default(); k];
             for r in 0..rows {
                 let xin = &x.data[r * k..(r + 1) * k];
                 let dst = &mut out[r * k..(r + 1) * k];
-                for (kk, (d, a)) in dst.iter_mut().zip(acc.iter_mut()).enumerate() {
+                let a = chk.a[r];
+                for (kk, (d, gk)) in dst.iter_mut().zip(g.iter_mut()).enumerate() {
                     let src = layer.in_perm.get(kk).map_or(kk, |&p| p as usize);
-                    let qv = quant(xin[src]);
-                    *d = d.wrapping_add(qv as u64);
-                    a.add(chk.a[r], field::from_i64(qv));
+                    let q = quant(xin[src]);
+                    *d = d.wrapping_add(q as u64);
+                    *gk = field::add(*gk, field::mul(a, to_field(q)));
                 }
-            }
-            for (gk, a) in g.iter_mut().zip(&acc) {
-                *gk = a.value();
             }
         }
     }
@@ -398,11 +431,33 @@ fn field_count(shape: &[usize]) -> Option<usize> {
 
 /// Σ_k f_k·G_k over F_p.
 pub fn expected_sum(f: &[u64], g: &[u64]) -> u64 {
-    let mut d = Dot::default();
-    for (&a, &b) in f.iter().zip(g) {
-        d.add(a, b);
+    dot_p(f, g)
+}
+
+/// One row of the restore pass: T = y − c into `t` (as f32), whether every |T| ≤ bound,
+/// and Σ b_j·T_j over F_p.
+#[inline(always)]
+fn restore_row(y: &[u64], c: &[u64], b: &[u64], bound: u64, t: &mut [f32]) -> (bool, u64) {
+    let mut ok = true;
+    let mut total = 0u64;
+    let lim = bound.min(1 << 60) as i64;
+    let n = y.len();
+    let mut j0 = 0;
+    while j0 < n {
+        let j1 = (j0 + 32).min(n);
+        let mut acc = 0u128;
+        for j in j0..j1 {
+            let v = y[j].wrapping_sub(c[j]) as i64;
+            ok &= v.unsigned_abs() <= bound;
+            // Out-of-range values fail the verdict anyway; clamped, they stay valid field
+            // elements so the pass runs to its end whatever the host sent.
+            acc += b[j] as u128 * to_field(v.clamp(-lim, lim)) as u128;
+            t[j] = v as f32;
+        }
+        total = field::add(total, field::reduce(acc));
+        j0 = j1;
     }
-    d.value()
+    (ok, total)
 }
 
 /// Restores an exact layer's real output from the accelerator's `y` and the correction
@@ -435,7 +490,6 @@ pub fn restore(
     }
     // One pass over the result: T = y − c, range, the check's sum, and T as f32 (f32
     // keeps 24 bits of every T, far below the restored output's error budget).
-    let bound = layer.bound;
     let mut in_range = true;
     let mut t32 = vec![0f32; y.data.len()];
     let mut s1 = 0u64;
@@ -444,37 +498,37 @@ pub fn restore(
             n, ohw: [oh, ow], ..
         } => {
             for o in 0..m {
-                let mut per_o = Dot::default();
+                let mut per_o = 0u64;
                 for b in 0..n {
-                    let base = (b * m + o) * oh * ow;
                     for oy in 0..oh {
-                        let at = base + oy * ow;
-                        let mut row = Dot::default();
-                        for ox in 0..ow {
-                            let t = y.data[at + ox].wrapping_sub(c[at + ox]) as i64;
-                            in_range &= t.unsigned_abs() <= bound;
-                            row.add(chk.b[ox], field::from_i64(t.clamp(-(1 << 60), 1 << 60)));
-                            t32[at + ox] = t as f32;
-                        }
-                        per_o.add(chk.a[b * oh + oy], row.value());
+                        let at = (b * m + o) * oh * ow + oy * ow;
+                        let (ok, row) = restore_row(
+                            &y.data[at..at + ow],
+                            &c[at..at + ow],
+                            &chk.b,
+                            layer.bound,
+                            &mut t32[at..at + ow],
+                        );
+                        in_range &= ok;
+                        per_o = field::add(per_o, field::mul(chk.a[b * oh + oy], row));
                     }
                 }
-                s1 = field::add(s1, field::mul(u[o], per_o.value()));
+                s1 = field::add(s1, field::mul(u[o], per_o));
             }
         }
         Geometry::Dense { rows, .. } => {
-            let mut per_o = vec![Dot::default(); m];
+            // Rows of m public outputs: Σ_o u_o·T[r, o] per row, weighted by a_r.
             for r in 0..rows {
-                for o in 0..m {
-                    let at = r * m + o;
-                    let t = y.data[at].wrapping_sub(c[at]) as i64;
-                    in_range &= t.unsigned_abs() <= bound;
-                    per_o[o].add(chk.a[r], field::from_i64(t.clamp(-(1 << 60), 1 << 60)));
-                    t32[at] = t as f32;
-                }
-            }
-            for (o, d) in per_o.iter().enumerate() {
-                s1 = field::add(s1, field::mul(u[o], d.value()));
+                let at = r * m;
+                let (ok, row) = restore_row(
+                    &y.data[at..at + m],
+                    &c[at..at + m],
+                    u,
+                    layer.bound,
+                    &mut t32[at..at + m],
+                );
+                in_range &= ok;
+                s1 = field::add(s1, field::mul(chk.a[r], row));
             }
         }
     }
@@ -487,7 +541,11 @@ pub fn restore(
     unmix(layer, &t32, m, outer, inner, real_shape, scale, bias, act)
 }
 
-/// Real channel i = σ·Σ coeff·T[tap] + bias[i], then the fused activation.
+/// Positions per block of the unmixing: a group's public rows over a block stay in L1.
+const UNMIX_BLOCK: usize = 256;
+
+/// Every real channel = σ·Σ coeff·T[public] + bias, then the fused activation, group by
+/// group over blocks of positions (each output block is a small dense product).
 #[allow(clippy::too_many_arguments)]
 fn unmix(
     layer: &ExactLayer,
@@ -500,39 +558,34 @@ fn unmix(
     bias: Option<&[f32]>,
     act: Option<Activation>,
 ) -> Result<Tensor, TeeError> {
-    let nreal = layer.taps.len();
+    let nreal: usize = layer.groups.iter().map(|g| g.real.len()).sum();
     let mut out = vec![0f32; outer * nreal * inner];
     if field_count(real_shape) != Some(out.len()) {
         return Err(TeeError::CorruptSecret);
     }
     for b in 0..outer {
-        if inner == 1 {
-            // Dense: the row's public values are contiguous.
-            let row = &t[b * m..(b + 1) * m];
-            for (i, taps) in layer.taps.iter().enumerate() {
-                let mut s = 0f32;
-                for &(p, coeff) in taps {
-                    s += coeff * row[p as usize];
+        for g in &layer.groups {
+            let h = g.public.len();
+            for p0 in (0..inner).step_by(UNMIX_BLOCK) {
+                let len = UNMIX_BLOCK.min(inner - p0);
+                for (ri, &r) in g.real.iter().enumerate() {
+                    let r = r as usize;
+                    let at = (b * nreal + r) * inner + p0;
+                    let dst = &mut out[at..at + len];
+                    dst.fill(bias.map_or(0.0, |bv| bv[r]));
+                    for (j, &q) in g.public.iter().enumerate() {
+                        let k = g.coeffs[ri * h + j] * scale;
+                        let from = (b * m + q as usize) * inner + p0;
+                        for (d, &v) in dst.iter_mut().zip(&t[from..from + len]) {
+                            *d += k * v;
+                        }
+                    }
+                    if inner > 1 {
+                        if let Some(a) = act {
+                            shadownet_kernels::elementwise::activation_inplace(a, dst);
+                        }
+                    }
                 }
-                out[b * nreal + i] = s * scale + bias.map_or(0.0, |bv| bv[i]);
-            }
-            continue;
-        }
-        for (i, taps) in layer.taps.iter().enumerate() {
-            let dst = &mut out[(b * nreal + i) * inner..(b * nreal + i + 1) * inner];
-            for &(p, coeff) in taps {
-                let src = &t[(b * m + p as usize) * inner..(b * m + p as usize + 1) * inner];
-                let k = coeff * scale;
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    *d += k * v;
-                }
-            }
-            if let Some(bv) = bias {
-                let bi = bv[i];
-                dst.iter_mut().for_each(|d| *d += bi);
-            }
-            if let Some(a) = act {
-                shadownet_kernels::elementwise::activation_inplace(a, dst);
             }
         }
     }
@@ -651,7 +704,13 @@ mod tests {
             in_perm: Vec::new(),
             act_bits,
             bound,
-            taps: (0..m).map(|i| vec![(i as u32, 1.0)]).collect(),
+            groups: (0..m)
+                .map(|i| crate::format::MixGroup {
+                    public: vec![i as u32],
+                    real: vec![i as u32],
+                    coeffs: vec![1.0],
+                })
+                .collect(),
         }
     }
 

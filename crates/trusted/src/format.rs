@@ -331,8 +331,8 @@ pub struct FixedMask {
 /// An exactly masked layer of the hardened scheme. The accelerator computes
 /// T' = Wq ⋆ x̃ over Z/2^64 on x̃ = x_q + r (x_q the input quantised with a per-inference
 /// scale σ, r a one-time mask uniform over the ring); the core recovers T = T' − Wq ⋆ r
-/// (the correction, precomputed in the pool), checks it, and restores real channel i as
-/// σ · Σ coeff · T[tap] + bias[i].
+/// (the correction, precomputed in the pool), checks it, and restores every real channel
+/// from its mixing group's public channels: σ · Σ_j coeff[j] · T[public[j]] + bias.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExactLayer {
     /// Public input channel q carries real channel `in_perm[q]` (empty: the identity).
@@ -342,8 +342,16 @@ pub struct ExactLayer {
     /// max |T| over every input the quantisation can produce: the result of an honest
     /// accelerator never exceeds it (Σ_k |Wq[o, k]| · (2^(act_bits−1) − 1)).
     pub bound: u64,
-    /// Per real output channel: (public channel, coefficient).
-    pub taps: Vec<Vec<(u32, f32)>>,
+    pub groups: Vec<MixGroup>,
+}
+
+/// One mixing group: the real channels `real` restored from the public channels `public`,
+/// real channel `real[i]` = Σ_j coeffs[i·public.len() + j] · T[public[j]].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MixGroup {
+    pub public: Vec<u32>,
+    pub real: Vec<u32>,
+    pub coeffs: Vec<f32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
