@@ -511,6 +511,7 @@ fn dynamic_input_name(e: &anyhow::Error) -> Option<String> {
 }
 
 fn cmd_demo() -> Result<()> {
+    use shadownet_trusted::Payload;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/demo");
     let dir = dir.canonicalize().unwrap_or(dir);
     let model_path = dir.join("ppocr_cls.onnx");
@@ -519,20 +520,94 @@ fn cmd_demo() -> Result<()> {
         "model: {} (PP-OCR mobile v2.0 text direction classifier, Apache-2.0)",
         model_path.display()
     );
+    // 1. Provisioning: a vendor key, and a device that trusts it (a temporary directory).
+    let tmp = std::env::temp_dir().join(format!("shadownet-demo-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(tmp.clone());
+    let dev = keys::TestDevice::new(&tmp)?;
+    println!(
+        "provisioned a device key and a vendor key the device trusts in {}",
+        tmp.display()
+    );
+    // 2. The vendor converts the model for that device, hardened, and signs it.
+    let t0 = Instant::now();
+    let opts = shadownet_protect::Options::default();
+    let c = secure::convert(&m.graph, &opts, false)?;
+    let pkg = tmp.join("pkg");
+    secure::write(&c, &dev.device_pub, &dev.vendor_secret, &pkg)?;
+    println!(
+        "converted (scheme {}): {} linear layers outsourced, {} kept in the TEE, in {:.2} s",
+        opts.scheme.name(),
+        c.header.layers.len(),
+        c.kept.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    // 3. The device opens it in the enclave process; the host's accelerator is watched.
+    let spy = shadownet_untrusted::SpyAccelerator::new(shadownet_untrusted::CpuAccelerator::new());
+    let seen = spy.seen.clone();
+    let mut sm = secure::open(&pkg, &dev.device_key, EnclaveMode::Process, Box::new(spy))?;
+    let t0 = Instant::now();
+    sm.precompute(4, &mut |_, _| {})?;
+    println!(
+        "the trusted core precomputed 4 one-time mask sets offline in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    // 4. Plain and secure inference side by side.
     for (file, truth) in [("text_upright.npy", "0°"), ("text_flipped.npy", "180°")] {
         let x = npy::read_npy(&dir.join(file))?;
+        // An untimed run of each first, so both are timed warm.
+        plain::run(&m, &[("x".to_string(), x.clone())])?;
+        sm.infer(vec![x.clone()])?;
         let t0 = Instant::now();
-        let y = plain::run(&m, &[("x".to_string(), x)])?;
-        let p = &y[0].data;
-        let (label, conf) = if p[0] >= p[1] {
-            ("0°", p[0])
-        } else {
-            ("180°", p[1])
+        let y = plain::run(&m, &[("x".to_string(), x.clone())])?;
+        let plain_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t0 = Instant::now();
+        let ys = sm.infer(vec![x])?;
+        let secure_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let label = |p: &[f32]| {
+            if p[0] >= p[1] {
+                ("0°", p[0])
+            } else {
+                ("180°", p[1])
+            }
         };
+        let (pl, pc) = label(&y[0].data);
+        let (sl, sc) = label(&ys[0].data);
         println!(
-            "{file}: predicted {label} (p = {conf:.4}), truth {truth}  [{:.2} ms]",
-            t0.elapsed().as_secs_f64() * 1e3
+            "{file}: truth {truth} | plain {pl} (p = {pc:.4}) in {plain_ms:.2} ms | secure {sl} (p = {sc:.4}) in {secure_ms:.2} ms ({:.1}x)",
+            secure_ms / plain_ms
         );
     }
+    // 5. What the untrusted side saw of the first outsourced layer's input.
+    let seen = seen
+        .lock()
+        .map_err(|_| anyhow::anyhow!("spy records poisoned"))?;
+    if let Some(first) = seen.first() {
+        if let Payload::Ring(r) = &first.input {
+            let n = r.data.len() as f64;
+            let top = r.data.iter().filter(|&&v| v >> 63 == 1).count() as f64 / n;
+            let mean = r
+                .data
+                .iter()
+                .map(|&v| v as f64 / u64::MAX as f64)
+                .sum::<f64>()
+                / n;
+            println!(
+                "the accelerator saw layer {}'s input as {} values spread over the whole ring Z/2^64 (mean {:.3} of the range, top bit set in {:.1}%): a one-time mask hides the image",
+                first.layer,
+                r.data.len(),
+                mean,
+                100.0 * top
+            );
+        }
+    }
     Ok(())
+}
+
+/// A temporary directory removed when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

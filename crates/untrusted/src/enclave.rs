@@ -71,26 +71,41 @@ pub struct ProcessEnclave {
 }
 
 /// The enclave binary: `SHADOWNET_ENCLAVE_BIN` if set, else `shadownet-enclave` beside
-/// the running executable (where `cargo build` puts both).
+/// the running executable (where `cargo build --workspace` puts both). Run through
+/// `cargo run` (which builds only `shadownet`), a missing one is built first.
 pub fn enclave_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("SHADOWNET_ENCLAVE_BIN") {
         return Ok(p.into());
     }
     let exe = std::env::current_exe()
         .map_err(|e| Error::Enclave(format!("cannot locate this executable: {e}")))?;
+    let name = format!("shadownet-enclave{}", std::env::consts::EXE_SUFFIX);
     // Test binaries live one directory below the binaries (target/*/deps).
-    for dir in exe
+    let candidates: Vec<PathBuf> = exe
         .parent()
         .into_iter()
         .chain(exe.parent().and_then(Path::parent))
-    {
-        let p = dir.join(format!("shadownet-enclave{}", std::env::consts::EXE_SUFFIX));
-        if p.is_file() {
-            return Ok(p);
+        .map(|d| d.join(&name))
+        .collect();
+    if let Some(p) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(p.clone());
+    }
+    if let (Some(cargo), Some(dir)) = (std::env::var_os("CARGO"), exe.parent()) {
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        eprintln!("building the enclave binary (once): cargo build -p shadownet-enclave");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "shadownet-enclave"]);
+        if release {
+            cmd.arg("--release");
+        }
+        if let Ok(st) = cmd.status() {
+            if st.success() && candidates[0].is_file() {
+                return Ok(candidates[0].clone());
+            }
         }
     }
     Err(Error::Enclave(format!(
-        "the enclave binary shadownet-enclave is not beside {}: build it with `cargo build --release` (the workspace builds both), or set SHADOWNET_ENCLAVE_BIN",
+        "the enclave binary shadownet-enclave is not beside {}: build it with `cargo build --release --workspace`, or set SHADOWNET_ENCLAVE_BIN",
         exe.display()
     )))
 }
