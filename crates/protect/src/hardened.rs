@@ -173,12 +173,15 @@ fn norm(v: &[f32]) -> f32 {
     }
 }
 
-/// One mixing domain's public rows (real-valued) and its groups: per group, its public
-/// rows (positions in the domain) and, per real filter in it, (filter, coefficient per
-/// public row) without the rows' quantisation scales yet.
+/// A group before quantisation: its public rows, and per real filter in it (filter,
+/// coefficient per public row) without the rows' quantisation scales yet.
+type RawGroup = (Vec<usize>, Vec<(usize, Vec<f64>)>);
+
+/// One mixing domain's public rows (real-valued) and its groups (rows as positions in the
+/// domain).
 struct Domain {
     rows: Vec<Vec<f32>>,
-    groups: Vec<(Vec<usize>, Vec<(usize, Vec<f64>)>)>,
+    groups: Vec<RawGroup>,
 }
 
 fn mix_domain(reals: &[Vec<f32>], taps: usize, p: &MixParams, rng: &mut Rng) -> Domain {
@@ -247,7 +250,7 @@ pub fn mix_layer(
     let n = all.len();
     let per = n / domains.max(1);
     let mut rows: Vec<Vec<f32>> = Vec::new();
-    let mut raw_groups: Vec<(Vec<usize>, Vec<(usize, Vec<f64>)>)> = Vec::new();
+    let mut raw_groups: Vec<RawGroup> = Vec::new();
     for di in 0..domains {
         let dom = mix_domain(&all[di * per..(di + 1) * per], taps, p, rng);
         let base = rows.len();
