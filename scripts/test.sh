@@ -42,3 +42,8 @@ cargo test --release -p shadownet --features debug-trace --test trace
 # The integrity check against every lying-accelerator mode, 1000 trials each, plus 1000
 # clean runs (ignored by `cargo test` alone: it takes a few minutes).
 cargo test --release -p shadownet --test integrity -- --ignored --nocapture
+
+# Fuzz targets (a workspace of its own: it builds the trusted core with its `fuzzing`
+# feature), each for a bounded time; the counts of executions are printed.
+SHADOWNET_FUZZ_SECS="${SHADOWNET_FUZZ_SECS:-10}" cargo test --release \
+    --manifest-path crates/fuzz/Cargo.toml --target-dir target -- --nocapture --test-threads 1
