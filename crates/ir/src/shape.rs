@@ -5,8 +5,15 @@ use alloc::vec::Vec;
 
 use crate::{Error, Op, Result};
 
+/// Elements of a shape; saturates at `usize::MAX` when the product overflows, so such a
+/// shape never matches real data (use [`checked_numel`] to refuse it).
 pub fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    checked_numel(shape).unwrap_or(usize::MAX)
+}
+
+/// Elements of a shape, or `None` when the product overflows.
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
 }
 
 /// numpy broadcasting of two shapes.
@@ -484,5 +491,14 @@ pub fn infer_shapes(node: &str, op: &Op, inputs: &[Vec<usize>]) -> Result<Vec<Ve
             vec![vec![x[0], x[1] * b * b, x[2] / b, x[3] / b]]
         }
     };
+    // A shape whose element count overflows can never be allocated or indexed: refused
+    // here, where every node is wired in.
+    if let Some(bad) = out.iter().find(|s| checked_numel(s).is_none()) {
+        return Err(mismatch(
+            node,
+            format!("an output shape {bad:?} with fewer than 2^64 elements"),
+            inputs,
+        ));
+    }
     Ok(out)
 }
