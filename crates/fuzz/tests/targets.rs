@@ -256,6 +256,12 @@ fn package_open_and_run() {
         b.extend_from_slice(&f.header_region);
         c.push(b);
     }
+    // Inputs that once made the core panic, kept as regressions (run first, every time).
+    for e in std::fs::read_dir(here().join("regressions")).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with("package_open") {
+            c.push(std::fs::read(e.path()).unwrap());
+        }
+    }
     run("package_open", &c, 14, |d| {
         let Some((&tag, body)) = d.split_first() else { return };
         let f = &fixtures[(tag as usize / 2) % 2];

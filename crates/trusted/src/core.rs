@@ -477,12 +477,18 @@ impl TrustedCore {
             let real_in = g.shape(node.inputs[0]).to_vec();
             let out = node.outputs[0];
             let real_out = g.shape(out).to_vec();
+            // Ranks first: everything below indexes these shapes.
+            if real_in.is_empty()
+                || real_out.is_empty()
+                || real_in.len() != p.input_shape.len()
+                || real_out.len() != p.output_shape.len()
+            {
+                return Err(bad);
+            }
             let axis = p.kind.channel_axis(real_out.len());
             let (n, m) = (real_out[axis], p.output_shape[axis]);
             let c = real_in[p.kind.channel_axis(real_in.len())];
-            if real_in.len() != p.input_shape.len()
-                || real_out.len() != p.output_shape.len()
-                || format::checked_numel(&real_in) != format::checked_numel(&p.input_shape)
+            if format::checked_numel(&real_in) != format::checked_numel(&p.input_shape)
                 || l.bias.as_ref().is_some_and(|b| b.len() != n)
             {
                 return Err(bad);
