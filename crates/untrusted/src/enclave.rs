@@ -5,7 +5,7 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-use shadownet_enclave::wire::{self, MemoryStats, Reply, Request};
+use shadownet_enclave::wire::{self, Channel, MemoryStats, Reply, Request, Shm};
 use shadownet_trusted::{HostToTee, Platform, TeeToHost, TrustedCore};
 
 use crate::{Error, Result};
@@ -66,9 +66,12 @@ impl Enclave for InProcEnclave {
 /// itself; this process never holds it.
 pub struct ProcessEnclave {
     child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    ch: Channel<BufReader<ChildStdout>, ChildStdin>,
 }
+
+/// Each shared region's size: above any message of the models shadownet runs (the
+/// regions are sparse, so untouched pages cost nothing).
+const SHM_SIZE: usize = wire::MAX_FRAME;
 
 /// The enclave binary: `SHADOWNET_ENCLAVE_BIN` if set, else `shadownet-enclave` beside
 /// the running executable (where `cargo build --workspace` puts both). Run through
@@ -112,9 +115,20 @@ pub fn enclave_binary() -> Result<PathBuf> {
 
 impl ProcessEnclave {
     pub fn spawn(exe: &Path, key_file: &Path) -> Result<Self> {
-        let mut child = Command::new(exe)
-            .arg("--key")
-            .arg(key_file)
+        // Tensors cross in shared memory where the OS has it; control stays on the pipes.
+        let regions = shared_regions();
+        let mut cmd = Command::new(exe);
+        cmd.arg("--key").arg(key_file);
+        if let Some((tx, rx)) = &regions {
+            use std::os::fd::AsRawFd;
+            cmd.arg("--shm-in")
+                .arg(tx.fd().as_raw_fd().to_string())
+                .arg("--shm-out")
+                .arg(rx.fd().as_raw_fd().to_string())
+                .arg("--shm-size")
+                .arg(SHM_SIZE.to_string());
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -127,8 +141,7 @@ impl ProcessEnclave {
         widen_pipe(&stdout);
         Ok(ProcessEnclave {
             child,
-            stdin,
-            stdout: BufReader::with_capacity(1 << 20, stdout),
+            ch: Channel::new(BufReader::with_capacity(1 << 20, stdout), stdin, regions),
         })
     }
 
@@ -141,13 +154,25 @@ impl ProcessEnclave {
         let gone = |e: wire::FrameError| {
             Error::Enclave(format!("the enclave process stopped answering: {e}"))
         };
-        wire::send(&mut self.stdin, req).map_err(gone)?;
-        wire::recv::<Reply>(&mut self.stdout)
-            .map_err(gone)?
-            .ok_or_else(|| {
-                Error::Enclave("the enclave process exited (see its message above)".into())
-            })
+        self.ch.send(req).map_err(gone)?;
+        self.ch.recv::<Reply>().map_err(gone)?.ok_or_else(|| {
+            Error::Enclave("the enclave process exited (see its message above)".into())
+        })
     }
+}
+
+/// Two shared regions (host → enclave, enclave → host), inherited by the child; `None`
+/// where the OS has none (the pipes carry everything then).
+fn shared_regions() -> Option<(Shm, Shm)> {
+    #[cfg(target_os = "linux")]
+    {
+        if std::env::var_os("SHADOWNET_ENCLAVE_NO_SHM").is_none() {
+            if let (Ok(a), Ok(b)) = (Shm::create(SHM_SIZE), Shm::create(SHM_SIZE)) {
+                return Some((a, b));
+            }
+        }
+    }
+    None
 }
 
 /// Asks for the largest pipe buffer an unprivileged process may have (Linux: 1 MiB by
@@ -191,7 +216,7 @@ impl Enclave for ProcessEnclave {
 
 impl Drop for ProcessEnclave {
     fn drop(&mut self) {
-        // Closing stdin ends the child's loop; reap it so no zombie is left.
+        // Reap the child so no zombie is left.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -71,10 +71,19 @@ fn main() -> ExitCode {
     let mut key: Option<PathBuf> = None;
     let mut sandbox = true;
     let mut selftest = false;
+    // Shared regions the host made: (fd it writes / we read, fd we write, size).
+    let mut shm: (Option<i32>, Option<i32>, usize) = (None, None, 0);
     let mut args = std::env::args_os().skip(1);
     while let Some(a) = args.next() {
+        let mut num = || {
+            args.next()
+                .and_then(|v| v.to_str().and_then(|s| s.parse::<usize>().ok()))
+        };
         match a.to_str() {
             Some("--key") => key = args.next().map(PathBuf::from),
+            Some("--shm-in") => shm.0 = num().map(|v| v as i32),
+            Some("--shm-out") => shm.1 = num().map(|v| v as i32),
+            Some("--shm-size") => shm.2 = num().unwrap_or(0),
             Some("--no-seccomp") => sandbox = false,
             // Hardens, then makes a system call the filter forbids: the process must die.
             Some("--selftest-forbidden-syscall") => selftest = true,
@@ -121,6 +130,20 @@ fn main() -> ExitCode {
         }
     };
     drop(record);
+    // The shared regions are mapped before the sandbox closes mmap of new files.
+    let regions = match shm {
+        #[cfg(target_os = "linux")]
+        (Some(rx), Some(tx), size) if size > 0 => {
+            match (wire::Shm::inherit(tx, size), wire::Shm::inherit(rx, size)) {
+                (Ok(t), Ok(r)) => Some((t, r)),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("shadownet-enclave: cannot map the shared regions: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
+    };
     #[cfg(target_os = "linux")]
     {
         let report = shadownet_enclave::sandbox::harden(sandbox || selftest);
@@ -135,12 +158,12 @@ fn main() -> ExitCode {
         }
     }
     let stdin = std::io::stdin();
-    let mut input = BufReader::with_capacity(1 << 20, stdin.lock());
+    let input = BufReader::with_capacity(1 << 20, stdin.lock());
     let stdout = std::io::stdout();
-    let mut output = stdout.lock();
-    match wire::serve(&mut core, &mut input, &mut output, stats) {
+    let mut ch = wire::Channel::new(input, stdout.lock(), regions);
+    match wire::serve(&mut core, &mut ch, stats) {
         Ok(()) => {
-            let _ = output.flush();
+            let _ = ch.w.flush();
             ExitCode::SUCCESS
         }
         Err(e) => {
