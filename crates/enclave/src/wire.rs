@@ -6,12 +6,15 @@
 //! processes map and only its length crosses the pipe (with [`IN_SHM`] set): one copy each
 //! way instead of a write into the pipe, a read out of it and a decode. One region per
 //! direction; the protocol alternates strictly, so neither side writes a region while the
-//! other reads it. The enclave decodes each byte of a request once (into its own memory),
-//! so a host that scribbles on the region meanwhile only sends a different request.
+//! other reads it. A host that scribbles on the region while the enclave works can only
+//! change what it sent, never what was checked: the enclave decodes a request's small
+//! fields into its own memory, and the core reads a result tensor or pool body in place
+//! one row at a time, copying each row into its own buffer before checking or using it,
+//! so every word is fetched from the region exactly once.
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
-use shadownet_trusted::{HostToTee, TeeToHost};
+use shadownet_trusted::{HostToTee, HostToTeeRef, TeeToHost};
 
 /// The largest frame either side accepts: above the largest tensor or chunk of the models
 /// shadownet runs (the core bounds chunks at 256 MiB itself).
@@ -164,6 +167,16 @@ impl<R: Read, W: Write> Channel<R, W> {
 
     /// Receives a message; `Ok(None)` on a clean end of stream.
     pub fn recv<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, FrameError> {
+        match self.recv_with(|b| postcard::from_bytes(b))? {
+            Some(Ok(m)) => Ok(Some(m)),
+            Some(Err(e)) => Err(FrameError::Decode(e)),
+            None => Ok(None),
+        }
+    }
+
+    /// Receives a frame and hands its bytes to `f` where they lie: in the shared region
+    /// (so a message can be decoded borrowing from it) or in a buffer read from the pipe.
+    pub fn recv_with<T>(&mut self, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>, FrameError> {
         let Some(word) = read_len(&mut self.r)? else {
             return Ok(None);
         };
@@ -177,17 +190,21 @@ impl<R: Read, W: Write> Channel<R, W> {
                     "a shared-memory frame on a channel without shared memory",
                 )));
             };
-            let region = rx.as_slice();
-            let bytes = region.get(..n).ok_or(FrameError::TooLarge(n))?;
-            return postcard::from_bytes(bytes)
-                .map(Some)
-                .map_err(FrameError::Decode);
+            let bytes = rx.as_slice().get(..n).ok_or(FrameError::TooLarge(n))?;
+            return Ok(Some(f(bytes)));
         }
         let b = read_body(&mut self.r, n)?;
-        postcard::from_bytes(&b)
-            .map(Some)
-            .map_err(FrameError::Decode)
+        Ok(Some(f(&b)))
     }
+}
+
+/// [`Request`] decoded borrowing from the frame (same encoding, variant for variant), so
+/// that the accelerator's result and the pool entry's body are read by the core where the
+/// host put them instead of being copied into the enclave's memory first.
+#[derive(Debug, Deserialize)]
+enum RequestRef<'a> {
+    Core(#[serde(borrow)] HostToTeeRef<'a>),
+    Stats,
 }
 
 /// The enclave's loop: answer requests until the host closes the pipe. An undecodable
@@ -198,14 +215,15 @@ pub fn serve<R: Read, W: Write>(
     stats: impl Fn() -> MemoryStats,
 ) -> Result<(), FrameError> {
     loop {
-        let reply = match ch.recv::<Request>() {
-            Ok(None) => return Ok(()),
-            Ok(Some(Request::Core(msg))) => Reply::Core(core.handle(msg)),
-            Ok(Some(Request::Stats)) => Reply::Stats(stats()),
-            Err(FrameError::Decode(_)) => Reply::Core(TeeToHost::Failed {
+        let reply = ch.recv_with(|bytes| match postcard::from_bytes::<RequestRef>(bytes) {
+            Ok(RequestRef::Core(msg)) => Reply::Core(core.handle_ref(msg)),
+            Ok(RequestRef::Stats) => Reply::Stats(stats()),
+            Err(_) => Reply::Core(TeeToHost::Failed {
                 error: shadownet_trusted::TeeError::UnexpectedMessage,
             }),
-            Err(e) => return Err(e),
+        })?;
+        let Some(reply) = reply else {
+            return Ok(());
         };
         ch.send(&reply)?;
     }

@@ -36,6 +36,61 @@ pub enum Payload {
     Ring(RingTensor),
 }
 
+/// A tensor as the host's buffer holds it: its shape and its elements' little-endian
+/// bytes (f32 or u64). The enclave process decodes `LinearDone` this way straight from
+/// the shared region, so the accelerator's result and the pool's corrections are read in
+/// place, once, and never copied into trusted memory (as a TA reads the normal world's
+/// shared buffers). The same encoding as [`Payload`].
+#[derive(Clone, Debug, Deserialize)]
+pub enum PayloadRef<'a> {
+    F32(#[serde(borrow)] (Vec<usize>, &'a [u8])),
+    Ring(#[serde(borrow)] (Vec<usize>, &'a [u8])),
+}
+
+impl Payload {
+    /// This payload's bytes, as [`PayloadRef`] (little-endian machines).
+    pub fn as_ref(&self) -> PayloadRef<'_> {
+        match self {
+            Payload::F32(t) => PayloadRef::F32((t.shape.clone(), bytemuck::cast_slice(&t.data))),
+            Payload::Ring(t) => PayloadRef::Ring((t.shape.clone(), bytemuck::cast_slice(&t.data))),
+        }
+    }
+}
+
+/// [`HostToTee`] decoded with `LinearDone`'s tensor and chunks borrowed from the buffer
+/// (same encoding, variant for variant).
+#[derive(Debug, Deserialize)]
+pub enum HostToTeeRef<'a> {
+    Open {
+        #[serde(with = "serde_bytes")]
+        public_header: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        sealed: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        signature: Vec<u8>,
+    },
+    Begin {
+        inputs: Vec<Tensor>,
+        pool_entry: Option<PoolEntryRef>,
+        allow_slow_masks: bool,
+    },
+    LinearDone {
+        layer: u32,
+        #[serde(borrow)]
+        output: PayloadRef<'a>,
+        #[serde(borrow)]
+        chunks: Vec<&'a [u8]>,
+    },
+    Chunks {
+        #[serde(with = "blobs")]
+        chunks: Vec<Vec<u8>>,
+    },
+    Precompute {
+        count: u32,
+    },
+    Continue,
+}
+
 /// Something the core streams in instead of keeping resident.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ChunkId {
@@ -279,6 +334,55 @@ impl TrustedCore {
         self.observer = Some(f);
     }
 
+    /// Handles one message decoded with borrowed buffers (the enclave process).
+    pub fn handle_ref(&mut self, msg: HostToTeeRef<'_>) -> TeeToHost {
+        let owned = match msg {
+            HostToTeeRef::LinearDone {
+                layer,
+                output,
+                chunks,
+            } => {
+                let state = core::mem::replace(&mut self.state, State::Poisoned);
+                let res = match state {
+                    State::Linear(s, run, want, pending) => {
+                        self.linear_done(s, run, want, pending, layer, output, &chunks)
+                    }
+                    State::Poisoned => Err(TeeError::Poisoned),
+                    _ => Err(TeeError::UnexpectedMessage),
+                };
+                return match res {
+                    Ok(reply) => reply,
+                    Err(error) => {
+                        self.state = State::Poisoned;
+                        TeeToHost::Failed { error }
+                    }
+                };
+            }
+            HostToTeeRef::Open {
+                public_header,
+                sealed,
+                signature,
+            } => HostToTee::Open {
+                public_header,
+                sealed,
+                signature,
+            },
+            HostToTeeRef::Begin {
+                inputs,
+                pool_entry,
+                allow_slow_masks,
+            } => HostToTee::Begin {
+                inputs,
+                pool_entry,
+                allow_slow_masks,
+            },
+            HostToTeeRef::Chunks { chunks } => HostToTee::Chunks { chunks },
+            HostToTeeRef::Precompute { count } => HostToTee::Precompute { count },
+            HostToTeeRef::Continue => HostToTee::Continue,
+        };
+        self.handle(owned)
+    }
+
     /// Handles one message.
     pub fn handle(&mut self, msg: HostToTee) -> TeeToHost {
         let state = core::mem::replace(&mut self.state, State::Poisoned);
@@ -308,10 +412,14 @@ impl TrustedCore {
                     output,
                     chunks,
                 },
-            ) => self.linear_done(s, run, layer, pending, got, output, chunks),
+            ) => {
+                let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+                self.linear_done(s, run, layer, pending, got, output.as_ref(), &refs)
+            }
             (State::Chunks(s, mut run, ids), HostToTee::Chunks { chunks }) => {
-                match store_chunks(&s, &mut run, &ids, chunks) {
-                    Ok(()) => self.advance(s, run),
+                let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+                match store_chunks(&s, &mut run, &ids, &refs) {
+                    Ok(_) => self.advance(s, run),
                     Err(e) => Err(e),
                 }
             }
@@ -830,8 +938,8 @@ impl TrustedCore {
         want: u32,
         pending: Pending,
         layer: u32,
-        output: Payload,
-        chunks: Vec<Vec<u8>>,
+        output: PayloadRef<'_>,
+        chunks: &[&[u8]],
     ) -> Result<TeeToHost, TeeError> {
         if layer != want {
             return Err(TeeError::WrongLayer { layer });
@@ -839,17 +947,28 @@ impl TrustedCore {
         let k = layer as usize;
         let info = &s.info[k];
         let ids = info.prefetch.clone();
-        store_chunks(&s, &mut run, &ids, chunks)?;
+        // The pool entry's corrections stay where the host put them (read once, in the
+        // restoring pass); everything else is opened into the core's memory.
+        let body = store_chunks(&s, &mut run, &ids, chunks)?;
         let pl = &s.header.layers[k];
         let sl = &s.model.layers[k];
         let g = &s.model.graph;
         let y = match (&sl.restore, output, pending) {
-            (LayerRestore::Paper { transform, fixed }, Payload::F32(y), Pending::Paper) => {
-                if y.shape != pl.output_shape
-                    || Some(y.data.len()) != format::checked_numel(&y.shape)
+            (
+                LayerRestore::Paper { transform, fixed },
+                PayloadRef::F32((shape, bytes)),
+                Pending::Paper,
+            ) => {
+                if shape != pl.output_shape
+                    || format::checked_numel(&shape).and_then(|n| n.checked_mul(4))
+                        != Some(bytes.len())
                 {
                     return Err(TeeError::BadResult { layer });
                 }
+                let y = Tensor {
+                    shape,
+                    data: floats(bytes).map_err(|_| TeeError::BadResult { layer })?,
+                };
                 let correction = match fixed {
                     Some(f) => Some(floats(
                         &run.chunks
@@ -909,7 +1028,7 @@ impl TrustedCore {
             }
             (
                 LayerRestore::Exact(e),
-                Payload::Ring(y),
+                PayloadRef::Ring((shape, y)),
                 Pending::Exact {
                     chk,
                     g: gsum,
@@ -917,8 +1036,8 @@ impl TrustedCore {
                 },
             ) => {
                 let geo = info.geo.ok_or(TeeError::CorruptSecret)?;
-                if y.shape != pl.output_shape
-                    || Some(y.data.len()) != format::checked_numel(&y.shape)
+                if shape != pl.output_shape
+                    || format::checked_numel(&shape).and_then(|n| n.checked_mul(8)) != Some(y.len())
                 {
                     return Err(TeeError::BadResult { layer });
                 }
@@ -927,19 +1046,21 @@ impl TrustedCore {
                     &mut Keystream::new(&ot.check_key.0, k as u64, exact::DOMAIN_CHECK),
                     geo.m(),
                 );
-                let (c, f) = match &ot.folds {
+                let plain_c;
+                let (correction, f) = match &ot.folds {
                     Some(folds) => {
-                        let body = run
-                            .chunks
-                            .remove(&ChunkId::PoolBody(layer))
-                            .ok_or(TeeError::BadChunk)?;
-                        let mut c = pool::words(&body).ok_or(TeeError::BadChunk)?;
-                        if c.len() != y.data.len() {
+                        let body = body.ok_or(TeeError::BadChunk)?;
+                        if body.len() != y.len() {
                             return Err(TeeError::BadChunk);
                         }
-                        Keystream::new(&ot.correction_key.0, k as u64, exact::DOMAIN_CORRECTION)
-                            .xor_words(&mut c);
-                        (c, folds[k].clone())
+                        (
+                            exact::Correction::Sealed {
+                                bytes: body,
+                                key: &ot.correction_key.0,
+                                stream: k as u64,
+                            },
+                            folds[k].clone(),
+                        )
                     }
                     None => {
                         // Slow mode: made here from the public weights.
@@ -948,7 +1069,7 @@ impl TrustedCore {
                             .remove(&ChunkId::PublicWeight(layer))
                             .ok_or(TeeError::BadChunk)?;
                         let w = int_weights(&s, &blob, layer)?;
-                        let c = exact::correction(
+                        plain_c = exact::correction(
                             &pl.kind,
                             &pl.input_shape,
                             &pl.output_shape,
@@ -956,7 +1077,10 @@ impl TrustedCore {
                             &ot.mask_key.0,
                             k as u64,
                         )?;
-                        (c.data, exact::fold(&geo, &w, &u))
+                        (
+                            exact::Correction::Plain(&plain_c.data),
+                            exact::fold(&geo, &w, &u),
+                        )
                     }
                 };
                 let expected = exact::expected_sum(&f, &gsum);
@@ -965,8 +1089,8 @@ impl TrustedCore {
                     e,
                     &geo,
                     layer,
-                    &y,
-                    &c,
+                    y,
+                    correction,
                     &u,
                     &chk,
                     expected,
@@ -1229,18 +1353,20 @@ static EMPTY_TRANSFORM: format::PaperTransform = format::PaperTransform::FakePai
     fake_scale: Vec::new(),
 };
 
-/// Opens and files the chunks the host sent for `ids` (same order).
-fn store_chunks(
+/// Opens and files the chunks the host sent for `ids` (same order), except a pool entry's
+/// body, which is returned as it lies (its words are read once, by the restoring pass).
+fn store_chunks<'a>(
     s: &Session,
     run: &mut Run,
     ids: &[ChunkId],
-    chunks: Vec<Vec<u8>>,
-) -> Result<(), TeeError> {
+    chunks: &[&'a [u8]],
+) -> Result<Option<&'a [u8]>, TeeError> {
     if chunks.len() != ids.len() {
         return Err(TeeError::BadChunk);
     }
     let slow = run.onetime.as_ref().is_some_and(|o| o.folds.is_none());
-    for (&id, bytes) in ids.iter().zip(chunks) {
+    let mut body = None;
+    for (&id, &bytes) in ids.iter().zip(chunks) {
         if bytes.len() > format::MAX_CHUNK {
             return Err(TeeError::TooLarge);
         }
@@ -1254,22 +1380,25 @@ fn store_chunks(
                     &s.model.chunk_key.0,
                     i as u64,
                     &chunk_aad(&s.model.package_id),
-                    &bytes,
+                    bytes,
                 )?
             }
             // Checked against the public header's hash where decoded.
-            ChunkId::PublicWeight(_) => Zeroizing::new(bytes),
+            ChunkId::PublicWeight(_) => Zeroizing::new(bytes.to_vec()),
             // In slow mode the host has no entry: it sends the layer's weights instead.
             ChunkId::PoolBody(l) if slow => {
                 run.chunks
-                    .insert(ChunkId::PublicWeight(l), Zeroizing::new(bytes));
+                    .insert(ChunkId::PublicWeight(l), Zeroizing::new(bytes.to_vec()));
                 continue;
             }
-            ChunkId::PoolBody(_) => Zeroizing::new(bytes),
+            ChunkId::PoolBody(_) => {
+                body = Some(bytes);
+                continue;
+            }
         };
         run.chunks.insert(id, opened);
     }
-    Ok(())
+    Ok(body)
 }
 
 /// Associated data of every chunk of a package's `secret.chunks`.

@@ -434,6 +434,25 @@ pub fn expected_sum(f: &[u64], g: &[u64]) -> u64 {
     dot_p(f, g)
 }
 
+/// The correction of a layer's mask: encrypted as the pool entry's body holds it (read and
+/// decrypted word by word in the restoring pass), or in the clear (slow mode).
+pub enum Correction<'a> {
+    Sealed {
+        bytes: &'a [u8],
+        key: &'a [u8; 32],
+        stream: u64,
+    },
+    Plain(&'a [u64]),
+}
+
+/// Little-endian u64 words from bytes (the length a multiple of 8, checked by callers).
+#[inline(always)]
+fn words_into(bytes: &[u8], out: &mut [u64]) {
+    for (w, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+        *w = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    }
+}
+
 /// One row of the restore pass: T = y − c into `t` (as f32), whether every |T| ≤ bound,
 /// and Σ b_j·T_j over F_p.
 #[inline(always)]
@@ -468,8 +487,8 @@ pub fn restore(
     layer: &ExactLayer,
     geo: &Geometry,
     public_layer: u32,
-    y: &RingTensor,
-    c: &[u64],
+    y: &[u8],
+    correction: Correction<'_>,
     u: &[u64],
     chk: &CheckVectors,
     expected: u64,
@@ -483,15 +502,45 @@ pub fn restore(
         Geometry::Conv { n, ohw, .. } => (n, ohw[0] * ohw[1]),
         Geometry::Dense { rows, .. } => (rows, 1),
     };
-    if y.data.len() != outer * m * inner || c.len() != y.data.len() || u.len() != m {
+    let len = outer * m * inner;
+    let c_len = match &correction {
+        Correction::Sealed { bytes, .. } => bytes.len() / 8,
+        Correction::Plain(c) => c.len(),
+    };
+    if y.len() != len * 8 || c_len != len || u.len() != m {
         return Err(TeeError::BadResult {
             layer: public_layer,
         });
     }
-    // One pass over the result: T = y − c, range, the check's sum, and T as f32 (f32
-    // keeps 24 bits of every T, far below the restored output's error budget).
+    let mut stream = match &correction {
+        Correction::Sealed { key, stream, .. } => {
+            Some(Keystream::new(key, *stream, DOMAIN_CORRECTION))
+        }
+        Correction::Plain(_) => None,
+    };
+    // Rows of y and c, read once each (y straight from the host's buffer, c decrypted
+    // into a row-sized buffer), then the verdict's parts and T as f32 (f32 keeps 24 bits
+    // of every T, far below the restored output's error budget).
+    let row_len = match *geo {
+        Geometry::Conv { ohw: [_, ow], .. } => ow,
+        Geometry::Dense { .. } => m,
+    };
+    let (mut yrow, mut crow) = (vec![0u64; row_len], vec![0u64; row_len]);
+    let mut load = |at: usize, yrow: &mut [u64], crow: &mut [u64]| {
+        words_into(&y[at * 8..(at + yrow.len()) * 8], yrow);
+        match &correction {
+            Correction::Sealed { bytes, .. } => {
+                words_into(&bytes[at * 8..(at + crow.len()) * 8], crow);
+                if let Some(ks) = stream.as_mut() {
+                    ks.seek_word(at as u64);
+                    ks.xor_words(crow);
+                }
+            }
+            Correction::Plain(c) => crow.copy_from_slice(&c[at..at + crow.len()]),
+        }
+    };
     let mut in_range = true;
-    let mut t32 = vec![0f32; y.data.len()];
+    let mut t32 = vec![0f32; len];
     let mut s1 = 0u64;
     match *geo {
         Geometry::Conv {
@@ -502,13 +551,9 @@ pub fn restore(
                 for b in 0..n {
                     for oy in 0..oh {
                         let at = (b * m + o) * oh * ow + oy * ow;
-                        let (ok, row) = restore_row(
-                            &y.data[at..at + ow],
-                            &c[at..at + ow],
-                            &chk.b,
-                            layer.bound,
-                            &mut t32[at..at + ow],
-                        );
+                        load(at, &mut yrow, &mut crow);
+                        let (ok, row) =
+                            restore_row(&yrow, &crow, &chk.b, layer.bound, &mut t32[at..at + ow]);
                         in_range &= ok;
                         per_o = field::add(per_o, field::mul(chk.a[b * oh + oy], row));
                     }
@@ -520,13 +565,8 @@ pub fn restore(
             // Rows of m public outputs: Σ_o u_o·T[r, o] per row, weighted by a_r.
             for r in 0..rows {
                 let at = r * m;
-                let (ok, row) = restore_row(
-                    &y.data[at..at + m],
-                    &c[at..at + m],
-                    u,
-                    layer.bound,
-                    &mut t32[at..at + m],
-                );
+                load(at, &mut yrow, &mut crow);
+                let (ok, row) = restore_row(&yrow, &crow, u, layer.bound, &mut t32[at..at + m]);
                 in_range &= ok;
                 s1 = field::add(s1, field::mul(chk.a[r], row));
             }
@@ -760,8 +800,8 @@ mod tests {
                 &layer,
                 &geo,
                 0,
-                &y,
-                &corr.data,
+                bytemuck::cast_slice(&y.data),
+                Correction::Plain(&corr.data),
                 &u,
                 &chk,
                 expected,
@@ -819,8 +859,8 @@ mod tests {
                     &layer,
                     &geo,
                     3,
-                    &bad,
-                    &corr.data,
+                    bytemuck::cast_slice(&bad.data),
+                    Correction::Plain(&corr.data),
                     &u,
                     &chk,
                     expected,

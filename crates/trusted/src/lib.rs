@@ -22,8 +22,8 @@ pub mod platform;
 pub mod pool;
 
 pub use crate::core::{
-    chunk_aad, ChunkId, HostToTee, Payload, PoolEntryRef, PoolPart, TeeToHost, TrustedCore,
-    MAX_PRECOMPUTE,
+    chunk_aad, ChunkId, HostToTee, HostToTeeRef, Payload, PayloadRef, PoolEntryRef, PoolPart,
+    TeeToHost, TrustedCore, MAX_PRECOMPUTE,
 };
 pub use error::TeeError;
 pub use format::{LinearKind, PublicHeader, PublicLayer, Scheme, SecretModel};

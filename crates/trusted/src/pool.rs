@@ -43,8 +43,44 @@ pub struct PoolHeader {
     pub correction_key: Key32,
     /// Key of the check's output-channel coefficients u.
     pub check_key: Key32,
-    /// Per outsourced layer, f = uᵀ·Wq over F_p.
+    /// Per outsourced layer, f = uᵀ·Wq over F_p. Fixed-width words: with varints the
+    /// sealed header's length would vary with the folds' values.
+    #[serde(with = "fixed_words")]
     pub folds: Vec<Vec<u64>>,
+}
+
+/// `Vec<Vec<u64>>` as byte strings of little-endian words, so its encoded length depends
+/// on the lengths only.
+mod fixed_words {
+    use alloc::vec::Vec;
+    use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[Vec<u64>], s: S) -> Result<S::Ok, S::Error> {
+        let blobs: Vec<serde_bytes::ByteBuf> = v
+            .iter()
+            .map(|w| {
+                serde_bytes::ByteBuf::from(
+                    w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+                )
+            })
+            .collect();
+        blobs.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u64>>, D::Error> {
+        let blobs = Vec::<serde_bytes::ByteBuf>::deserialize(d)?;
+        blobs
+            .into_iter()
+            .map(|b| {
+                if b.len() % 8 != 0 {
+                    return Err(D::Error::custom("ragged words"));
+                }
+                Ok(b.chunks_exact(8)
+                    .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                    .collect())
+            })
+            .collect()
+    }
 }
 
 fn aad(index: u64, epoch: &[u8; 16]) -> [u8; PREFIX] {
