@@ -107,13 +107,20 @@ fn main() {
         let t_mask = min_ms(runs, || {
             exact::mask_input(&layer, &geo, &input, &x, &key, 0, &chk).unwrap();
         });
+        // The correction as a pool body holds it: encrypted, decrypted row by row in the pass.
+        let mut sealed = corr.data.clone();
+        Keystream::new(&key, 0, exact::DOMAIN_CORRECTION).xor_words(&mut sealed);
         let t_restore = min_ms(runs, || {
             exact::restore(
                 &layer,
                 &geo,
                 0,
-                &y,
-                &corr.data,
+                bytemuck::cast_slice(&y.data),
+                exact::Correction::Sealed {
+                    bytes: bytemuck::cast_slice(&sealed),
+                    key: &key,
+                    stream: 0,
+                },
                 &u,
                 &chk,
                 expected,
