@@ -27,7 +27,8 @@ TOOLS="$("$PY" -c 'import importlib.metadata as m; print(*(m.version(p) for p in
 
 PAPER=(mobilenet_v1 resnet44 resnet404 minivgg yolov4_tiny)
 REAL_ONNX=(ppocr_cls ppocr_det)
-REAL_TFLITE=(hand_landmark_lite face_detection_short_range palm_detection_lite selfie_segmentation)
+REAL_TFLITE=(hand_landmark_lite face_detection_short_range palm_detection_lite selfie_segmentation
+             face_detection_full_range_sparse)
 
 # --- paper models ------------------------------------------------------------
 stamp="$MODELS/.paper_models.stamp"
@@ -77,5 +78,7 @@ case_ hand_landmark_lite "$MODELS/hand_landmark_lite.tflite" --seed 0 --dist uni
 case_ face_detection_short_range "$MODELS/face_detection_short_range.tflite" --seed 0 --dist uniform
 case_ palm_detection_lite "$MODELS/palm_detection_lite.tflite" --seed 0 --dist uniform
 case_ selfie_segmentation "$MODELS/selfie_segmentation.tflite" --seed 0 --dist normal
+case_ face_detection_full_range_sparse "$MODELS/face_detection_full_range_sparse.tflite" \
+    --seed 0 --dist uniform
 
 echo "make-fixtures: fixtures ready in $FIX" >&2

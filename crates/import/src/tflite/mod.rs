@@ -7,6 +7,7 @@
 mod names;
 mod ops;
 mod reader;
+mod sparse;
 
 use std::collections::{HashMap, HashSet};
 
@@ -238,12 +239,6 @@ impl<'m, 'a> Importer<'m, 'a> {
 
     /// Turns a constant tensor's bytes into f32 values (dequantizing hybrid weights).
     fn load_const(&self, t: &TensorDef, data: &[u8]) -> Result<Konst> {
-        if t.sparse {
-            return Err(self.unsupported(format!(
-                "sparse constant '{}' (DENSIFY) is not supported",
-                t.name
-            )));
-        }
         let shape = t
             .shape
             .iter()
@@ -274,9 +269,15 @@ impl<'m, 'a> Importer<'m, 'a> {
                 )))
             }
         };
-        if n.checked_mul(elem) != Some(data.len()) {
+        // Sparse constants store only their non-zero blocks; the count follows from the layout.
+        let stored = if t.sparsity.is_some() {
+            data.len() / elem
+        } else {
+            n
+        };
+        if stored.checked_mul(elem) != Some(data.len()) {
             return Err(bad(format!(
-                "constant '{}' of shape {shape:?} holds {} bytes, not {n} x {elem}",
+                "constant '{}' of shape {shape:?} holds {} bytes, not {stored} x {elem}",
                 t.name,
                 data.len()
             )));
@@ -330,6 +331,15 @@ impl<'m, 'a> Importer<'m, 'a> {
                 None,
                 Some(chunks.map(|c| i64::from_le_bytes(le(c))).collect()),
             ),
+        };
+        let (floats, ints) = match &t.sparsity {
+            Some(sp) => (
+                floats
+                    .map(|f| sparse::densify(sp, &shape, &f))
+                    .transpose()?,
+                ints.map(|i| sparse::densify(sp, &shape, &i)).transpose()?,
+            ),
+            None => (floats, ints),
         };
         if let (Some(q), Some(iv)) = (&t.quant, &ints) {
             return Ok(Konst {

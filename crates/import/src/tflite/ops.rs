@@ -70,6 +70,7 @@ mod code {
     pub const COS: i32 = 108;
     pub const ELU: i32 = 111;
     pub const HARD_SWISH: i32 = 117;
+    pub const DENSIFY: i32 = 124;
     pub const GELU: i32 = 150;
 }
 
@@ -1028,6 +1029,13 @@ pub(crate) fn translate(imp: &mut Importer, builtin: i32, op: &OperatorDef) -> R
         },
         RESIZE_BILINEAR => imp.resize(op, true),
         RESIZE_NEAREST_NEIGHBOR => imp.resize(op, false),
+        // Sparse constants are expanded when loaded, so DENSIFY only forwards a constant.
+        DENSIFY => {
+            if imp.fold_const(op)? {
+                return Ok(());
+            }
+            Err(imp.invalid("DENSIFY of a tensor computed at run time"))
+        }
         DEQUANTIZE | CAST => {
             let xt = imp.input(op, 0)?;
             if imp.fold_const(op)? {
