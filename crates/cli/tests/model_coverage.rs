@@ -82,3 +82,112 @@ fn face_detection_full_range_sparse() {
         assert!(e <= 1e-4, "{name}/{o}: max rel err {e:.3e}");
     }
 }
+
+/// The quantisation step of a graph output: the scale of the Dequantize that makes it
+/// (through any reshapes).
+fn output_step(g: &shadownet_ir::Graph, mut v: usize) -> f32 {
+    use shadownet_ir::Op;
+    loop {
+        let n = g
+            .nodes
+            .iter()
+            .find(|n| n.outputs.contains(&v))
+            .unwrap_or_else(|| panic!("output {} has no producer", g.values[v].name));
+        match &n.op {
+            Op::Dequantize(q) => return q.scale,
+            Op::Identity | Op::Reshape { .. } => v = n.inputs[0],
+            op => panic!(
+                "output {} comes from {}, not a Dequantize",
+                g.values[v].name,
+                op.name()
+            ),
+        }
+    }
+}
+
+fn argmax(t: &Tensor) -> usize {
+    t.data
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv {
+                (i, v)
+            } else {
+                (bi, bv)
+            }
+        })
+        .0
+}
+
+/// An int8 model made by ONNX Runtime's quantize_static matches ONNX Runtime (default
+/// optimisations, so its integer kernels) within one quantisation step of every output,
+/// with the same top-1 class.
+fn check_int8(case: &str) {
+    let path = model_path(case);
+    let m = shadownet_import::load_model(&path, &[]).ok();
+    let results = run_case(&path, case);
+    let g = m.map(|m| m.graph);
+    if let Some(g) = &g {
+        // Every conv and matmul must run as an integer op, none in float.
+        let count = |f: fn(&shadownet_ir::Op) -> bool| g.nodes.iter().filter(|n| f(&n.op)).count();
+        let (int, float) = (count(|o| o.is_quantized_linear()), count(|o| o.is_linear()));
+        eprintln!("{case}: {int} integer conv/matmul, {float} float");
+        assert!(
+            int > 0 && float == 0,
+            "{case}: {int} integer and {float} float linear ops"
+        );
+    }
+    for (k, (o, ours, want)) in results.iter().enumerate() {
+        let step = match &g {
+            Some(g) => output_step(g, g.outputs[k]),
+            None => {
+                // Models with free input sizes need the case's shapes: reload with them.
+                let dir = fixtures().join("cases").join(case);
+                let inputs = npy::read_npz(&dir.join("inputs.npz")).unwrap();
+                let shapes: Vec<(String, Vec<usize>)> = inputs
+                    .iter()
+                    .map(|(k, t)| (k.clone(), t.shape.clone()))
+                    .collect();
+                let g = shadownet_import::load_model(&path, &shapes).unwrap().graph;
+                output_step(&g, g.outputs[k])
+            }
+        };
+        let d = max_abs_diff(ours, want);
+        let off = ours
+            .data
+            .iter()
+            .zip(&want.data)
+            .filter(|(a, b)| (*a - *b).abs() > step * 0.5)
+            .count();
+        eprintln!(
+            "{case}/{o}: max |diff| {d:.3e} = {:.2} steps ({off} of {} values differ), top-1 {} vs {}",
+            d / step,
+            ours.len(),
+            argmax(ours),
+            argmax(want)
+        );
+        assert!(
+            d <= step * 1.001,
+            "{case}/{o}: max |diff| {d} > one step {step}"
+        );
+        assert_eq!(argmax(ours), argmax(want), "{case}/{o}: top-1 differs");
+    }
+}
+
+macro_rules! int8_cases {
+    ($($name:ident),* $(,)?) => {$(
+        #[test]
+        fn $name() {
+            check_int8(stringify!($name));
+        }
+    )*};
+}
+
+int8_cases!(
+    mobilenet_v1_int8_qdq,
+    mobilenet_v1_int8_qop,
+    resnet44_int8_qdq,
+    resnet44_int8_qop,
+    ppocr_cls_int8_qdq,
+    ppocr_cls_int8_qop,
+);

@@ -3,9 +3,10 @@
 mod ops;
 #[rustfmt::skip]
 pub mod proto;
+mod quant;
 mod tensor;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::rc::Rc;
 
@@ -36,6 +37,18 @@ impl Val {
 pub(crate) struct Importer<'a> {
     g: Graph,
     vals: HashMap<String, Val>,
+    /// Element types of integer constants and quantized activations, by name: a zero
+    /// point's type fixes the saturation range.
+    elem: HashMap<String, i32>,
+    /// DequantizeLinear outputs and where their integers come from (QDQ fusion).
+    dq: HashMap<String, quant::Dq>,
+    /// Every node of the graph, the nodes reading each value, and the graph outputs, so a
+    /// QDQ group can be recognised from its first node.
+    nodes: &'a [NodeProto],
+    consumers: HashMap<String, Vec<usize>>,
+    graph_outputs: HashSet<String>,
+    /// Nodes already absorbed into a fused op.
+    skip: HashSet<usize>,
     /// Constants already placed in the graph, by name, so shared weights stay shared.
     placed: HashMap<String, ValueId>,
     opset: i64,
@@ -72,9 +85,24 @@ pub fn import(bytes: &[u8], base_dir: Option<&Path>, input_shapes: &InputShapes)
         .find(|o| matches!(o.domain(), "" | "ai.onnx"))
         .map(|o| o.version())
         .unwrap_or(21);
+    let mut consumers: HashMap<String, Vec<usize>> = HashMap::new();
+    for (k, n) in graph.node.iter().enumerate() {
+        for i in n.input.iter().filter(|i| !i.is_empty()) {
+            let v = consumers.entry(i.clone()).or_default();
+            if v.last() != Some(&k) {
+                v.push(k);
+            }
+        }
+    }
     let mut im = Importer {
         g: Graph::new(),
         vals: HashMap::new(),
+        elem: HashMap::new(),
+        dq: HashMap::new(),
+        nodes: &graph.node,
+        consumers,
+        graph_outputs: graph.output.iter().map(|o| o.name().to_string()).collect(),
+        skip: HashSet::new(),
         placed: HashMap::new(),
         opset,
         base_dir,
@@ -82,6 +110,7 @@ pub fn import(bytes: &[u8], base_dir: Option<&Path>, input_shapes: &InputShapes)
     };
     for init in &graph.initializer {
         let t = tensor::from_proto(init, base_dir)?;
+        im.elem.insert(init.name().to_string(), init.data_type());
         im.set_const(init.name(), t);
     }
     im.add_inputs(&graph.input, input_shapes)?;
@@ -340,11 +369,15 @@ impl<'a> Importer<'a> {
     }
 
     fn node(&mut self, index: usize, n: &NodeProto) -> Result<()> {
+        if self.skip.contains(&index) {
+            return Ok(());
+        }
         let name = match n.name() {
             "" => format!("{}#{index}", n.op_type()),
             s => s.to_string(),
         };
-        if !matches!(n.domain(), "" | "ai.onnx") {
+        let contrib = n.domain() == "com.microsoft" && ops::CONTRIB.contains(&n.op_type());
+        if !matches!(n.domain(), "" | "ai.onnx") && !contrib {
             return Err(Error::Unsupported {
                 node: name,
                 op: n.op_type().to_string(),

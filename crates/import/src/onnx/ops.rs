@@ -10,6 +10,18 @@ use super::tensor::{self, CTensor, Data};
 use super::{Importer, Val};
 use crate::{Error, Result};
 
+/// ONNX Runtime contrib ops (domain com.microsoft) the importer maps: those its
+/// quantization tool writes in QOperator format.
+pub(crate) const CONTRIB: &[&str] = &[
+    "QGemm",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearGlobalAveragePool",
+    "QLinearSoftmax",
+    "QLinearSigmoid",
+    "QLinearLeakyRelu",
+];
+
 pub(crate) struct Ctx<'a> {
     pub name: String,
     pub p: &'a NodeProto,
@@ -18,43 +30,43 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn op(&self) -> &str {
+    pub(crate) fn op(&self) -> &str {
         self.p.op_type()
     }
 
-    fn attr(&self, k: &str) -> Option<&AttributeProto> {
+    pub(crate) fn attr(&self, k: &str) -> Option<&AttributeProto> {
         self.p.attribute.iter().find(|a| a.name() == k)
     }
 
-    fn i(&self, k: &str, d: i64) -> i64 {
+    pub(crate) fn i(&self, k: &str, d: i64) -> i64 {
         self.attr(k).map(|a| a.i()).unwrap_or(d)
     }
 
-    fn f(&self, k: &str, d: f32) -> f32 {
+    pub(crate) fn f(&self, k: &str, d: f32) -> f32 {
         self.attr(k).map(|a| a.f()).unwrap_or(d)
     }
 
-    fn ints(&self, k: &str) -> Option<Vec<i64>> {
+    pub(crate) fn ints(&self, k: &str) -> Option<Vec<i64>> {
         self.attr(k).map(|a| a.ints.clone())
     }
 
-    fn s(&self, k: &str, d: &str) -> String {
+    pub(crate) fn s(&self, k: &str, d: &str) -> String {
         self.attr(k)
             .map(|a| String::from_utf8_lossy(a.s()).into_owned())
             .unwrap_or_else(|| d.to_string())
     }
 
-    fn opt(&self, i: usize) -> Option<&Val> {
+    pub(crate) fn opt(&self, i: usize) -> Option<&Val> {
         self.ins.get(i).and_then(Option::as_ref)
     }
 
-    fn input(&self, i: usize) -> Result<Val> {
+    pub(crate) fn input(&self, i: usize) -> Result<Val> {
         self.opt(i)
             .cloned()
             .ok_or_else(|| self.invalid(format!("{} needs input {i}", self.op())))
     }
 
-    fn out(&self, i: usize) -> Result<String> {
+    pub(crate) fn out(&self, i: usize) -> Result<String> {
         self.p
             .output
             .get(i)
@@ -63,7 +75,7 @@ impl Ctx<'_> {
             .ok_or_else(|| self.invalid(format!("{} needs output {i}", self.op())))
     }
 
-    fn unsup(&self, detail: impl Into<String>) -> Error {
+    pub(crate) fn unsup(&self, detail: impl Into<String>) -> Error {
         Error::Unsupported {
             node: self.name.clone(),
             op: self.op().to_string(),
@@ -71,14 +83,14 @@ impl Ctx<'_> {
         }
     }
 
-    fn invalid(&self, what: impl Into<String>) -> Error {
+    pub(crate) fn invalid(&self, what: impl Into<String>) -> Error {
         Error::Invalid {
             node: self.name.clone(),
             what: what.into(),
         }
     }
 
-    fn axis(&self, a: i64, rank: usize) -> Result<usize> {
+    pub(crate) fn axis(&self, a: i64, rank: usize) -> Result<usize> {
         let r = rank as i64;
         let v = if a < 0 { a + r } else { a };
         if v < 0 || v >= r {
@@ -87,7 +99,7 @@ impl Ctx<'_> {
         Ok(v as usize)
     }
 
-    fn axes(&self, axes: &[i64], rank: usize) -> Result<Vec<usize>> {
+    pub(crate) fn axes(&self, axes: &[i64], rank: usize) -> Result<Vec<usize>> {
         let mut v = Vec::with_capacity(axes.len());
         for &a in axes {
             v.push(self.axis(a, rank)?);
@@ -97,7 +109,7 @@ impl Ctx<'_> {
         Ok(v)
     }
 
-    fn usize_of(&self, v: i64, what: &str) -> Result<usize> {
+    pub(crate) fn usize_of(&self, v: i64, what: &str) -> Result<usize> {
         usize::try_from(v).map_err(|_| self.invalid(format!("{what} {v} must not be negative")))
     }
 }
@@ -155,11 +167,11 @@ fn binary_of(op: &str) -> Option<BinaryOp> {
 }
 
 /// Window geometry of Conv/ConvTranspose/pooling, lifted to two spatial axes.
-struct Window {
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    dilation: [usize; 2],
-    pads: [usize; 4],
+pub(crate) struct Window {
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    pub pads: [usize; 4],
 }
 
 impl Importer<'_> {
@@ -169,14 +181,14 @@ impl Importer<'_> {
         Ok(())
     }
 
-    fn emit1(&mut self, c: &Ctx, op: Op, ins: &[Val]) -> Result<Val> {
+    pub(crate) fn emit1(&mut self, c: &Ctx, op: Op, ins: &[Val]) -> Result<Val> {
         let out = c.out(0)?;
         let mut r = self.emit(&c.name, op, ins, &[out])?;
         r.pop().ok_or_else(|| c.invalid("op produced no output"))
     }
 
     /// An intermediate step of a node that maps onto several IR ops.
-    fn step(&mut self, c: &Ctx, op: Op, ins: &[Val]) -> Result<Val> {
+    pub(crate) fn step(&mut self, c: &Ctx, op: Op, ins: &[Val]) -> Result<Val> {
         let base =
             c.p.output
                 .first()
@@ -271,6 +283,7 @@ impl Importer<'_> {
             "Range" => self.range(c),
             "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or"
             | "Xor" | "Not" | "Where" => self.logic(c),
+            "Conv" | "MatMul" | "Gemm" if self.fuse_qdq(c)? => Ok(()),
             "Conv" => self.conv(c),
             "ConvTranspose" => self.conv_transpose(c),
             "MaxPool" | "AveragePool" => self.pool(c),
@@ -506,12 +519,28 @@ impl Importer<'_> {
                 self.emit1(c, o, &[x])?;
                 Ok(())
             }
-            "DequantizeLinear" => self.dequantize(c),
+            "DequantizeLinear" => self.dequantize_linear(c),
+            "QuantizeLinear" => self.quantize_linear(c),
+            "QLinearConv" => self.qlinear_conv(c),
+            "QLinearMatMul" => self.qlinear_matmul(c),
+            "ConvInteger" => self.conv_integer(c),
+            "MatMulInteger" => self.matmul_integer(c),
+            "QGemm" => self.qgemm(c),
+            "QLinearAdd" => self.qlinear_binary(c, BinaryOp::Add),
+            "QLinearMul" => self.qlinear_binary(c, BinaryOp::Mul),
+            "QLinearGlobalAveragePool" => {
+                let op = self.qlinear_unary_op(c)?;
+                self.qlinear_via_float(c, op, 3)
+            }
+            "QLinearSoftmax" | "QLinearSigmoid" | "QLinearLeakyRelu" => {
+                let op = self.qlinear_unary_op(c)?;
+                self.qlinear_via_float(c, op, 3)
+            }
             _ => Err(c.unsup("")),
         }
     }
 
-    fn konst_out(&mut self, c: &Ctx, t: CTensor) -> Result<()> {
+    pub(crate) fn konst_out(&mut self, c: &Ctx, t: CTensor) -> Result<()> {
         let out = c.out(0)?;
         self.set_const(&out, t);
         Ok(())
@@ -527,6 +556,9 @@ impl Importer<'_> {
                 let t =
                     a.t.as_ref()
                         .ok_or_else(|| c.invalid("value is not a tensor"))?;
+                if let Some(o) = c.p.output.first() {
+                    self.elem.insert(o.clone(), t.data_type());
+                }
                 tensor::from_proto(t, self.base_dir)?
             }
             "value_float" => CTensor {
@@ -1002,51 +1034,15 @@ impl Importer<'_> {
         Ok(())
     }
 
-    fn dequantize(&mut self, c: &Ctx) -> Result<()> {
-        let q = self
-            .const_input(c, 0, "quantized data")?
-            .ok_or_else(|| c.invalid("missing input"))?;
-        let scale = self
-            .const_input(c, 1, "scale")?
-            .ok_or_else(|| c.invalid("missing scale"))?;
-        let zp = self.const_input(c, 2, "zero point")?;
-        if c.i("block_size", 0) != 0 {
-            return Err(c.unsup("blocked quantization"));
-        }
-        let (s, z) = (scale.floats(), zp.map(|z| z.f64s()).unwrap_or_default());
-        let qv = q.f64s();
-        let per_axis = s.len() > 1;
-        // Elements of one channel along the quantized axis are contiguous runs of `inner`.
-        let inner = if per_axis {
-            let a = c.axis(c.i("axis", 1), q.shape.len())?;
-            if q.shape[a] != s.len() {
-                return Err(c.invalid("scale length differs from the quantized axis"));
-            }
-            q.shape[a + 1..].iter().product::<usize>()
-        } else {
-            1
-        };
-        let data = qv
-            .iter()
-            .enumerate()
-            .map(|(k, &v)| {
-                let ch = if per_axis { (k / inner) % s.len() } else { 0 };
-                let zero = z.get(ch).or(z.first()).copied().unwrap_or(0.0);
-                ((v - zero) * s.get(ch).copied().unwrap_or(1.0) as f64) as f32
-            })
-            .collect();
-        self.konst_out(
-            c,
-            CTensor {
-                shape: q.shape,
-                data: Data::F(data),
-            },
-        )
-    }
-
     /// Resolves kernel/stride/dilation/pads (explicit or auto_pad) for `nsp` spatial axes
     /// (1 or 2), lifted to two axes with a leading unit axis for 1-D.
-    fn window(&self, c: &Ctx, in_sp: &[usize], kernel: &[usize], pool: bool) -> Result<Window> {
+    pub(crate) fn window(
+        &self,
+        c: &Ctx,
+        in_sp: &[usize],
+        kernel: &[usize],
+        pool: bool,
+    ) -> Result<Window> {
         let nsp = in_sp.len();
         let get = |k: &str| -> Result<Vec<usize>> {
             match c.ints(k) {
