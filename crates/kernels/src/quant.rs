@@ -70,6 +70,18 @@ pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> 
     )
 }
 
+/// Bound of the values `round_half_even_small` is exact for.
+const SMALL: f32 = 4_194_304.0;
+
+/// Round half to even for |v| <= 2^22 (requantised values are clamped far inside that):
+/// adding and removing 1.5·2^23 leaves no fraction bits, so the FPU's default rounding
+/// mode does the rounding, as MLAS's own magic-number conversion does. Vectorises.
+#[inline]
+pub fn round_half_even_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}
+
 fn pick<T: Copy>(v: &[T], c: usize) -> T {
     if v.len() == 1 {
         v[0]
@@ -139,6 +151,36 @@ impl Requant {
         }
     }
 
+    /// `out[j] = apply(c, acc[j] + fix)` for a run of one channel's accumulators, written
+    /// as plain loops per variant so they vectorise.
+    pub fn apply_row(&self, c: usize, acc: &[i32], fix: i32, out: &mut [f32]) {
+        match self {
+            Requant::Onnx {
+                scale,
+                lo,
+                hi,
+                zero,
+            } => {
+                let (s, lo, hi, z) = (scale[c], *lo, *hi, *zero as f32);
+                if lo >= -SMALL && hi <= SMALL {
+                    for (o, &a) in out.iter_mut().zip(acc) {
+                        let v = (a.wrapping_add(fix) as f32 * s).max(lo).min(hi);
+                        *o = round_half_even_small(v) + z;
+                    }
+                } else {
+                    for (o, &a) in out.iter_mut().zip(acc) {
+                        *o = self.apply(c, a.wrapping_add(fix));
+                    }
+                }
+            }
+            _ => {
+                for (o, &a) in out.iter_mut().zip(acc) {
+                    *o = self.apply(c, a.wrapping_add(fix));
+                }
+            }
+        }
+    }
+
     /// The output value of accumulator `acc` of channel `c`.
     #[inline]
     pub fn apply(&self, c: usize, acc: i32) -> f32 {
@@ -151,7 +193,12 @@ impl Requant {
             } => {
                 // MLAS clamps to the zero-point-adjusted range, then rounds half to even.
                 let v = (acc as f32 * scale[c]).max(*lo).min(*hi);
-                (libm::rintf(v) as i32 + zero) as f32
+                if v.abs() <= SMALL {
+                    round_half_even_small(v) + *zero as f32
+                } else {
+                    // Only wide (16/32-bit) output types get here.
+                    (libm::rintf(v) as i64 + *zero as i64) as f32
+                }
             }
             Requant::Tflite {
                 mult,
@@ -216,7 +263,7 @@ pub fn dequantize(x: &Tensor, q: QParam) -> Tensor {
 
 /// Weights minus their zero points, as i16 rows of `k` (one row per output channel).
 pub fn centred_weights(w: &Tensor, q: &QLinear, rows: usize) -> Vec<i16> {
-    let k = if rows == 0 { 0 } else { w.len() / rows };
+    let k = w.len().checked_div(rows).unwrap_or(0);
     w.data
         .iter()
         .enumerate()
@@ -295,7 +342,7 @@ pub fn qconv2d(x: &Tensor, w: &Tensor, c: &Conv, q: &QLinear, out_shape: &[usize
 /// Integer matmul of `a` [.., M, K] by a constant `b` [K, N] (portable).
 pub fn qmatmul(a: &Tensor, b: &Tensor, q: &QLinear, out_shape: &[usize]) -> Tensor {
     let (kd, nd) = (b.shape[0], b.shape[1]);
-    let m = if kd == 0 { 0 } else { a.len() / kd };
+    let m = a.len().checked_div(kd).unwrap_or(0);
     let za = q.x.zero_point;
     let req = Requant::new(q, nd);
     // Columns of b are the output channels: centre and transpose them to rows.
