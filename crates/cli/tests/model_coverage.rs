@@ -191,3 +191,81 @@ int8_cases!(
     ppocr_cls_int8_qdq,
     ppocr_cls_int8_qop,
 );
+
+/// `inspect` names every unsupported op of a model up front, not only the first.
+#[test]
+fn inspect_lists_every_unsupported_op() {
+    use shadownet_import::onnx::proto::{
+        tensor_shape_proto::{dimension, Dimension},
+        type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto,
+        TypeProto, ValueInfoProto,
+    };
+    let info = |name: &str| ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(1),
+                shape: Some(TensorShapeProto {
+                    dim: [1, 4]
+                        .iter()
+                        .map(|&d| Dimension {
+                            value: Some(dimension::Value::DimValue(d)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let node = |op: &str, domain: &str, i: &str, o: &str| NodeProto {
+        op_type: Some(op.into()),
+        domain: Some(domain.into()),
+        name: Some(format!("{op}_node")),
+        input: vec![i.into()],
+        output: vec![o.into()],
+        ..Default::default()
+    };
+    let model = ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(GraphProto {
+            name: Some("g".into()),
+            node: vec![
+                node("Relu", "", "x", "a"),
+                node("Hardmax", "", "a", "b"),
+                node("Det", "", "b", "c"),
+                node("Sigmoid", "", "c", "d"),
+                node("Det", "", "d", "e"),
+                node("FancyOp", "example.domain", "e", "y"),
+            ],
+            input: vec![info("x")],
+            output: vec![info("y")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let dir = std::env::temp_dir().join(format!("shadownet-coverage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("three_unsupported.onnx");
+    std::fs::write(&path, prost::Message::encode_to_vec(&model)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shadownet"))
+        .args(["inspect", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "inspect accepted the model: {err}");
+    assert!(err.contains("3 unsupported ops"), "{err}");
+    for want in [
+        "Hardmax (1 nodes, first 'Hardmax_node')",
+        "Det (2 nodes, first 'Det_node')",
+        "example.domain.FancyOp (1 nodes",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in: {err}");
+    }
+    assert!(!err.contains("Relu") && !err.contains("Sigmoid"), "{err}");
+}

@@ -32,6 +32,48 @@ pub fn import(bytes: &[u8], input_shapes: &InputShapes) -> Result<Graph> {
     Ok(imp.g)
 }
 
+/// Every operator of the model the importer does not map: (op name, operator count,
+/// first operator's output tensor), in order of first appearance.
+pub fn unsupported_ops(bytes: &[u8]) -> Result<Vec<(String, usize, String)>> {
+    let m = reader::parse(bytes)?;
+    let mut out: Vec<(String, usize, String)> = Vec::new();
+    for op in &m.operators {
+        let Some(code) = m.opcodes.get(op.opcode) else {
+            continue;
+        };
+        if ops::is_mapped(code.builtin, code.custom.as_deref()) {
+            continue;
+        }
+        let name = match (code.builtin, &code.custom) {
+            (names::CUSTOM, Some(c)) => c.clone(),
+            (b, _) => names::builtin_name(b).map_or_else(|| format!("BUILTIN_{b}"), str::to_string),
+        };
+        match out.iter_mut().find(|(o, _, _)| *o == name) {
+            Some(e) => e.1 += 1,
+            None => {
+                let node = op
+                    .outputs
+                    .first()
+                    .and_then(|&t| usize::try_from(t).ok())
+                    .and_then(|t| m.tensors.get(t))
+                    .map_or_else(String::new, |t| t.name.clone());
+                out.push((name, 1, node));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The builtins (code, name) and custom operators the importer maps.
+pub fn supported_ops() -> (Vec<(i32, &'static str)>, &'static [&'static str]) {
+    let mut b: Vec<(i32, &'static str)> = ops::BUILTINS
+        .iter()
+        .map(|&c| (c, names::builtin_name(c).unwrap_or("?")))
+        .collect();
+    b.sort_unstable();
+    (b, ops::CUSTOM_OPS)
+}
+
 /// A constant in TFLite layout. Integer tensors keep their exact values for attributes.
 #[derive(Clone, Debug)]
 pub(crate) struct Konst {
@@ -234,6 +276,9 @@ impl<'m, 'a> Importer<'m, 'a> {
             (names::CUSTOM, Some(c)) => c.clone(),
             (b, _) => names::builtin_name(b).map_or_else(|| format!("BUILTIN_{b}"), str::to_string),
         };
+        if !ops::is_mapped(code.builtin, code.custom.as_deref()) {
+            return Err(self.unsupported(""));
+        }
         ops::translate(self, code.builtin, op)
     }
 
@@ -610,4 +655,40 @@ fn dequantize(t: &TensorDef, q: &reader::Quant, vals: &[i64], shape: &[usize]) -
             s * (v - zp) as f32
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every listed builtin reaches a translation of its own (with no tensors it fails
+    /// on those, never on the fallback arm).
+    #[test]
+    fn every_listed_builtin_is_mapped() {
+        let (builtins, customs) = supported_ops();
+        let model = ModelDef {
+            opcodes: Vec::new(),
+            tensors: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            operators: Vec::new(),
+        };
+        let op = OperatorDef {
+            opcode: 0,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            options: None,
+            custom_options: None,
+        };
+        let mut cases: Vec<(i32, String)> =
+            builtins.iter().map(|&(c, n)| (c, n.to_string())).collect();
+        cases.extend(customs.iter().map(|c| (names::CUSTOM, c.to_string())));
+        for (code, name) in cases {
+            let mut imp = Importer::new(&model);
+            imp.op_name = name.clone();
+            if let Err(e) = ops::translate(&mut imp, code, &op) {
+                assert!(!e.to_string().contains(ops::NOT_MAPPED), "{name}: {e}");
+            }
+        }
+    }
 }

@@ -74,6 +74,87 @@ mod code {
     pub const GELU: i32 = 150;
 }
 
+/// Every builtin the importer maps. Operators whose builtin is not listed are refused
+/// before translation, so this list is the importer's coverage by construction
+/// (docs/ops.md is generated from it).
+pub(crate) const BUILTINS: &[i32] = &[
+    code::ADD,
+    code::AVERAGE_POOL_2D,
+    code::CONCATENATION,
+    code::CONV_2D,
+    code::DEPTHWISE_CONV_2D,
+    code::DEPTH_TO_SPACE,
+    code::DEQUANTIZE,
+    code::FLOOR,
+    code::FULLY_CONNECTED,
+    code::LOGISTIC,
+    code::MAX_POOL_2D,
+    code::MUL,
+    code::RELU,
+    code::RELU_N1_TO_1,
+    code::RELU6,
+    code::RESHAPE,
+    code::RESIZE_BILINEAR,
+    code::SOFTMAX,
+    code::SPACE_TO_DEPTH,
+    code::TANH,
+    code::PAD,
+    code::GATHER,
+    code::TRANSPOSE,
+    code::MEAN,
+    code::SUB,
+    code::DIV,
+    code::SQUEEZE,
+    code::STRIDED_SLICE,
+    code::EXP,
+    code::SPLIT,
+    code::LOG_SOFTMAX,
+    code::CAST,
+    code::PRELU,
+    code::MAXIMUM,
+    code::MINIMUM,
+    code::NEG,
+    code::PADV2,
+    code::SLICE,
+    code::SIN,
+    code::TRANSPOSE_CONV,
+    code::EXPAND_DIMS,
+    code::LOG,
+    code::SUM,
+    code::SQRT,
+    code::RSQRT,
+    code::POW,
+    code::REDUCE_MAX,
+    code::REDUCE_MIN,
+    code::SQUARE,
+    code::RESIZE_NEAREST_NEIGHBOR,
+    code::LEAKY_RELU,
+    code::SQUARED_DIFFERENCE,
+    code::MIRROR_PAD,
+    code::ABS,
+    code::SPLIT_V,
+    code::CEIL,
+    code::COS,
+    code::ELU,
+    code::HARD_SWISH,
+    code::DENSIFY,
+    code::GELU,
+];
+
+/// Custom operators the importer maps (MediaPipe's).
+pub(crate) const CUSTOM_OPS: &[&str] = &["Convolution2DTransposeBias"];
+
+/// The error of an operator listed as mapped whose translation is missing: a bug the
+/// coverage test catches.
+pub(crate) const NOT_MAPPED: &str = "listed as supported but has no mapping";
+
+pub(crate) fn is_mapped(builtin: i32, custom: Option<&str>) -> bool {
+    if builtin == code::CUSTOM {
+        return custom.is_some_and(|c| CUSTOM_OPS.contains(&c));
+    }
+    BUILTINS.contains(&builtin)
+}
+
 /// Padding enum of the schema.
 const PADDING_VALID: i8 = 1;
 
@@ -1125,6 +1206,6 @@ pub(crate) fn translate(imp: &mut Importer, builtin: i32, op: &OperatorDef) -> R
             };
             imp.transpose_conv(op, d)
         }
-        _ => Err(imp.unsupported("")),
+        _ => Err(imp.unsupported(NOT_MAPPED)),
     }
 }
