@@ -68,6 +68,15 @@ if [[ $missing == 1 || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     printf '%s\n' "$want" > "$stamp"
 fi
 
+# --- full-integer TFLite model (written without TensorFlow) -------------------
+stamp="$MODELS/.tiny_int8.stamp"
+want="$(hash_of "$S/make_tflite_int8.py") $TOOLS"
+if [[ ! -f "$MODELS/tiny_int8.tflite" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+    rm -f "$stamp"
+    "$PY" "$S/make_tflite_int8.py" "$MODELS/tiny_int8.tflite"
+    printf '%s\n' "$want" > "$stamp"
+fi
+
 # --- reference cases ---------------------------------------------------------
 # case <name> <model file> [reference.py args...]
 case_() {
@@ -104,6 +113,7 @@ for f in qdq qop; do
     case_ "ppocr_cls_int8_$f" "$MODELS/ppocr_cls_int8_$f.onnx" --seed 0 --dist normal --ort-optimize \
         --input-shape x=1,3,48,192
 done
+case_ tiny_int8 "$MODELS/tiny_int8.tflite" --seed 0 --dist uniform
 case_ face_detection_full_range_sparse "$MODELS/face_detection_full_range_sparse.tflite" \
     --seed 0 --dist uniform
 

@@ -84,7 +84,7 @@ fn face_detection_full_range_sparse() {
 }
 
 /// The quantisation step of a graph output: the scale of the Dequantize that makes it
-/// (through any reshapes).
+/// (through any reshapes or layout transposes).
 fn output_step(g: &shadownet_ir::Graph, mut v: usize) -> f32 {
     use shadownet_ir::Op;
     loop {
@@ -95,7 +95,7 @@ fn output_step(g: &shadownet_ir::Graph, mut v: usize) -> f32 {
             .unwrap_or_else(|| panic!("output {} has no producer", g.values[v].name));
         match &n.op {
             Op::Dequantize(q) => return q.scale,
-            Op::Identity | Op::Reshape { .. } => v = n.inputs[0],
+            Op::Identity | Op::Reshape { .. } | Op::Transpose { .. } => v = n.inputs[0],
             op => panic!(
                 "output {} comes from {}, not a Dequantize",
                 g.values[v].name,
@@ -268,4 +268,12 @@ fn inspect_lists_every_unsupported_op() {
         assert!(err.contains(want), "missing {want:?} in: {err}");
     }
     assert!(!err.contains("Relu") && !err.contains("Sigmoid"), "{err}");
+}
+
+/// A full-integer TFLite model (written by scripts/make_tflite_int8.py: int8 conv,
+/// depthwise, add, mul, pools, concatenation, resize, logistic, fully connected) matches
+/// LiteRT within one quantisation step, with the same top-1.
+#[test]
+fn tiny_int8() {
+    check_int8("tiny_int8");
 }

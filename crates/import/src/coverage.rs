@@ -88,13 +88,21 @@ pub fn ops_markdown() -> String {
         s,
         "## TFLite ({} builtins, {} custom)\n\n\
          Sparse constants (the tensor `sparsity` field, CSR and block layouts) are expanded \
-         at load, so DENSIFY folds away.\n",
+         at load, so DENSIFY folds away. Builtins marked int8 / uint8 also take integer \
+         activations (per-tensor) with per-tensor or per-channel weights; any other builtin \
+         on integer activations is refused by name.\n",
         builtins.len(),
         customs.len()
     );
-    let _ = writeln!(s, "| builtin | code |\n|---|---|");
+    let integer = tflite::integer_ops();
+    let _ = writeln!(s, "| builtin | code | int8 / uint8 |\n|---|---|---|");
     for (code, name) in &builtins {
-        let _ = writeln!(s, "| {name} | {code} |");
+        let int = if integer.iter().any(|(c, _)| c == code) {
+            "yes"
+        } else {
+            ""
+        };
+        let _ = writeln!(s, "| {name} | {code} | {int} |");
     }
     let _ = writeln!(s, "\nCustom operators:\n");
     for c in customs {

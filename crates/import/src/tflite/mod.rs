@@ -6,6 +6,7 @@
 //! transposes left are at the boundary and around layout-blind ops such as RESHAPE.
 mod names;
 mod ops;
+mod quant;
 mod reader;
 mod sparse;
 
@@ -62,6 +63,16 @@ pub fn unsupported_ops(bytes: &[u8]) -> Result<Vec<(String, usize, String)>> {
         }
     }
     Ok(out)
+}
+
+/// The builtins (code, name) the importer maps on int8 / uint8 activations.
+pub fn integer_ops() -> Vec<(i32, &'static str)> {
+    let mut b: Vec<(i32, &'static str)> = quant::INTEGER_BUILTINS
+        .iter()
+        .map(|&c| (c, names::builtin_name(c).unwrap_or("?")))
+        .collect();
+    b.sort_unstable();
+    b
 }
 
 /// The builtins (code, name) and custom operators the importer maps.
@@ -279,11 +290,27 @@ impl<'m, 'a> Importer<'m, 'a> {
         if !ops::is_mapped(code.builtin, code.custom.as_deref()) {
             return Err(self.unsupported(""));
         }
+        if self.reads_or_writes_integers(op)? {
+            return quant::translate(self, code.builtin, op);
+        }
         ops::translate(self, code.builtin, op)
     }
 
     /// Turns a constant tensor's bytes into f32 values (dequantizing hybrid weights).
     fn load_const(&self, t: &TensorDef, data: &[u8]) -> Result<Konst> {
+        self.load_const_as(t, data, true)
+    }
+
+    /// A constant's stored integers, not dequantized (int8 weights, int32 biases).
+    pub fn konst_raw(&self, t: i32) -> Result<Konst> {
+        let td = self.tensor(t)?;
+        match td.data {
+            Some(d) => self.load_const_as(td, d, false),
+            None => Err(self.unsupported(format!("input '{}' must be a constant", td.name))),
+        }
+    }
+
+    fn load_const_as(&self, t: &TensorDef, data: &[u8], dequantize_ints: bool) -> Result<Konst> {
         let shape = t
             .shape
             .iter()
@@ -386,7 +413,7 @@ impl<'m, 'a> Importer<'m, 'a> {
             ),
             None => (floats, ints),
         };
-        if let (Some(q), Some(iv)) = (&t.quant, &ints) {
+        if let (Some(q), Some(iv), true) = (&t.quant, &ints, dequantize_ints) {
             return Ok(Konst {
                 data: dequantize(t, q, iv, &shape)?,
                 shape,
