@@ -36,21 +36,30 @@ pub fn qconv2d(x: &Tensor, w: &Tensor, c: &Conv, q: &QLinear, out_shape: &[usize
             data: out,
         };
     }
-    if cg == 1 && og == 1 {
+    // One vectorised pass each turns the exact-integer floats into integers; everything
+    // after works on integers.
+    let xi: Vec<i32> = x.data.iter().map(|&v| v as i32).collect();
+    let wi: Vec<i32> = w.data.iter().map(|&v| v as i32).collect();
+    // Depthwise windows of up to 8x8 taps run direct; larger ones go through the GEMM.
+    if cg == 1 && og == 1 && c.kernel[0] * c.kernel[1] <= 64 {
         let k = c.kernel[0] * c.kernel[1];
         out.par_chunks_mut(p.max(1)).enumerate().for_each_init(
             || (Vec::new(), Vec::new()),
             |(acc, xc), (plane, dst)| {
                 let ch = plane % o;
-                let src = &x.data[plane * h * wd..(plane + 1) * h * wd];
                 xc.clear();
-                xc.extend(src.iter().map(|&v| v as i32 - zx));
+                xc.extend(
+                    xi[plane * h * wd..(plane + 1) * h * wd]
+                        .iter()
+                        .map(|&v| v - zx),
+                );
                 let zw = pick(&q.w_zero, ch);
-                let taps: Vec<i32> = w.data[ch * k..(ch + 1) * k]
-                    .iter()
-                    .map(|&v| v as i32 - zw)
-                    .collect();
-                depthwise_plane(xc, &taps, c, [h, wd], [oh, ow], acc);
+                let mut taps = [0i32; 64];
+                let taps = &mut taps[..k];
+                for (t, &v) in taps.iter_mut().zip(&wi[ch * k..(ch + 1) * k]) {
+                    *t = v - zw;
+                }
+                depthwise_plane(xc, taps, c, [h, wd], [oh, ow], acc);
                 req.apply_row(ch, acc, bias_of(q, ch), dst);
             },
         );
@@ -59,10 +68,8 @@ pub fn qconv2d(x: &Tensor, w: &Tensor, c: &Conv, q: &QLinear, out_shape: &[usize
             data: out,
         };
     }
-    let (lo, hi) = x
-        .data
-        .iter()
-        .fold((zx, zx), |(l, h), &v| (l.min(v as i32), h.max(v as i32)));
+    let lo = xi.iter().copied().fold(zx, i32::min);
+    let hi = xi.iter().copied().fold(zx, i32::max);
     let off = if lo < 0 { 128 } else { 0 };
     let k = cg * c.kernel[0] * c.kernel[1];
     let k4 = k.div_ceil(4);
@@ -72,33 +79,35 @@ pub fn qconv2d(x: &Tensor, w: &Tensor, c: &Conv, q: &QLinear, out_shape: &[usize
     let mut wp = vec![0i32; g * blocks * k4 * MR];
     let mut rowsum = vec![0i32; o];
     let mut fits = lo + off >= 0 && hi + off <= 255;
-    for (ch, row) in w.data.chunks(k).enumerate() {
+    let mut rowbuf = vec![0u8; k4 * 4];
+    for (ch, row) in wi.chunks(k).enumerate() {
         let zw = pick(&q.w_zero, ch);
         let (gi, r) = (ch / og, ch % og);
         let base = (gi * blocks + r / MR) * k4 * MR + r % MR;
-        let mut sum = 0i32;
-        for (kk, chunk) in row.chunks(4).enumerate() {
-            let mut b = [0u8; 4];
-            for (d, &v) in b.iter_mut().zip(chunk) {
-                let c = v as i32 - zw;
-                fits &= (-128..=127).contains(&c);
-                sum += c;
-                *d = c as i8 as u8;
-            }
-            wp[base + kk * MR] = i32::from_le_bytes(b);
+        // Separate simple loops, so each vectorises.
+        let sum: i32 = row.iter().map(|&v| v - zw).sum();
+        let rlo = row.iter().map(|&v| v - zw).fold(0, i32::min);
+        let rhi = row.iter().map(|&v| v - zw).fold(0, i32::max);
+        fits &= rlo >= -128 && rhi <= 127;
+        for (d, &v) in rowbuf.iter_mut().zip(row) {
+            *d = (v - zw) as i8 as u8;
+        }
+        for (kk, word) in rowbuf.chunks_exact(4).enumerate() {
+            wp[base + kk * MR] = i32::from_le_bytes([word[0], word[1], word[2], word[3]]);
         }
         rowsum[ch] = sum;
     }
     if !fits {
         return shadownet_kernels::quant::qconv2d(x, w, c, q, out_shape);
     }
+    let bytes: Vec<u8> = xi.iter().map(|&v| (v + off) as u8).collect();
     let kernel = microkernel();
     for gi in 0..g {
         let wp = &wp[gi * blocks * k4 * MR..(gi + 1) * blocks * k4 * MR];
         let rowsum = &rowsum[gi * og..(gi + 1) * og];
         for b in 0..n {
-            let xg = &x.data[(b * cin + gi * cg) * h * wd..(b * cin + (gi + 1) * cg) * h * wd];
-            let panels = pack_input(xg, c, [h, wd], [oh, ow], k4, (zx + off) as u8, off);
+            let xg = &bytes[(b * cin + gi * cg) * h * wd..(b * cin + (gi + 1) * cg) * h * wd];
+            let panels = pack_input(xg, c, [h, wd], [oh, ow], k4, (zx + off) as u8);
             let dst = &mut out[(b * o + gi * og) * p..(b * o + (gi + 1) * og) * p];
             dst.par_chunks_mut(MR * p)
                 .enumerate()
@@ -139,16 +148,16 @@ fn bias_of(q: &QLinear, ch: usize) -> i32 {
 }
 
 /// Panels of 32 output pixels: for each group of four reduction steps, 32 lanes of four
-/// unsigned bytes (`x + off`, or `pad` where the window leaves the input). Pixels past the
-/// end and reduction steps past `k` are zero bytes, which contribute nothing.
+/// unsigned bytes (the input, already offset, or `pad` where the window leaves the input).
+/// Pixels past the end and reduction steps past `k` are zero bytes, which contribute
+/// nothing.
 fn pack_input(
-    x: &[f32],
+    x: &[u8],
     c: &Conv,
     [h, wd]: [usize; 2],
     [oh, ow]: [usize; 2],
     k4: usize,
     pad: u8,
-    off: i32,
 ) -> Vec<u8> {
     let p = oh * ow;
     let nblk = p.div_ceil(NB);
@@ -169,7 +178,7 @@ fn pack_input(
                 if direct {
                     // 1x1, stride 1, no padding: the im2col row is the input plane itself.
                     for (j, &v) in plane[p0..p0 + np].iter().enumerate() {
-                        panel[at + j * 4] = (v as i32 + off) as u8;
+                        panel[at + j * 4] = v;
                     }
                     continue;
                 }
@@ -183,7 +192,7 @@ fn pack_input(
                     let ix = (ox * c.stride[1]) as isize + dx;
                     let inside = iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd;
                     lane.push(if inside {
-                        (plane[iy as usize * wd + ix as usize] as i32 + off) as u8
+                        plane[iy as usize * wd + ix as usize]
                     } else {
                         pad
                     });
