@@ -51,13 +51,13 @@ pub fn qconv2d(x: &Tensor, w: &Tensor, c: &Conv, q: &QLinear, out_shape: &[usize
                 xc.extend(
                     xi[plane * h * wd..(plane + 1) * h * wd]
                         .iter()
-                        .map(|&v| v - zx),
+                        .map(|&v| v.wrapping_sub(zx)),
                 );
                 let zw = pick(&q.w_zero, ch);
                 let mut taps = [0i32; 64];
                 let taps = &mut taps[..k];
                 for (t, &v) in taps.iter_mut().zip(&wi[ch * k..(ch + 1) * k]) {
-                    *t = v - zw;
+                    *t = v.wrapping_sub(zw);
                 }
                 depthwise_plane(xc, taps, c, [h, wd], [oh, ow], acc);
                 req.apply_row(ch, acc, bias_of(q, ch), dst);
@@ -71,6 +71,11 @@ pub fn qconv2d(x: &Tensor, w: &Tensor, c: &Conv, q: &QLinear, out_shape: &[usize
     let lo = xi.iter().copied().fold(zx, i32::min);
     let hi = xi.iter().copied().fold(zx, i32::max);
     let off = if lo < 0 { 128 } else { 0 };
+    // Zero points far outside a byte (only hand-built graphs have them) take the
+    // portable path, which wraps like the reference engines' i32 arithmetic.
+    if !(-128..=255).contains(&zx) {
+        return shadownet_kernels::quant::qconv2d(x, w, c, q, out_shape);
+    }
     let k = cg * c.kernel[0] * c.kernel[1];
     let k4 = k.div_ceil(4);
     let blocks = og.div_ceil(MR);
@@ -85,12 +90,15 @@ pub fn qconv2d(x: &Tensor, w: &Tensor, c: &Conv, q: &QLinear, out_shape: &[usize
         let (gi, r) = (ch / og, ch % og);
         let base = (gi * blocks + r / MR) * k4 * MR + r % MR;
         // Separate simple loops, so each vectorises.
-        let sum: i32 = row.iter().map(|&v| v - zw).sum();
-        let rlo = row.iter().map(|&v| v - zw).fold(0, i32::min);
-        let rhi = row.iter().map(|&v| v - zw).fold(0, i32::max);
+        let sum: i32 = row
+            .iter()
+            .map(|&v| v.wrapping_sub(zw))
+            .fold(0, i32::wrapping_add);
+        let rlo = row.iter().map(|&v| v.wrapping_sub(zw)).fold(0, i32::min);
+        let rhi = row.iter().map(|&v| v.wrapping_sub(zw)).fold(0, i32::max);
         fits &= rlo >= -128 && rhi <= 127;
         for (d, &v) in rowbuf.iter_mut().zip(row) {
-            *d = (v - zw) as i8 as u8;
+            *d = v.wrapping_sub(zw) as i8 as u8;
         }
         for (kk, word) in rowbuf.chunks_exact(4).enumerate() {
             wp[base + kk * MR] = i32::from_le_bytes([word[0], word[1], word[2], word[3]]);
@@ -245,11 +253,11 @@ fn depthwise_plane(
                 let s0 = ((a * sw) as isize + xoff) as usize;
                 if sw == 1 {
                     for (d, &v) in arow[a..b].iter_mut().zip(&row[s0..s0 + (b - a)]) {
-                        *d = d.wrapping_add(wv * v);
+                        *d = d.wrapping_add(wv.wrapping_mul(v));
                     }
                 } else {
                     for (j, d) in arow[a..b].iter_mut().enumerate() {
-                        *d = d.wrapping_add(wv * row[s0 + j * sw]);
+                        *d = d.wrapping_add(wv.wrapping_mul(row[s0 + j * sw]));
                     }
                 }
             }

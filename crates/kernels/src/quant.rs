@@ -128,8 +128,8 @@ impl Requant {
                         s / y.scale
                     })
                     .collect(),
-                lo: (*min - y.zero_point) as f32,
-                hi: (*max - y.zero_point) as f32,
+                lo: (*min as i64 - y.zero_point as i64) as f32,
+                hi: (*max as i64 - y.zero_point as i64) as f32,
                 zero: y.zero_point,
             },
             (QOutput::Quantized { y, min, max }, QFlavor::Tflite) => {
@@ -206,10 +206,9 @@ impl Requant {
                 zero,
                 min,
                 max,
-            } => {
-                (multiply_by_quantized_multiplier(acc, mult[c], shift[c]) + zero).clamp(*min, *max)
-                    as f32
-            }
+            } => multiply_by_quantized_multiplier(acc, mult[c], shift[c])
+                .saturating_add(*zero)
+                .clamp(*min, *max) as f32,
             Requant::Accumulator => acc as f32,
             Requant::Real(s) => acc as f32 * s[c],
         }
@@ -218,7 +217,8 @@ impl Requant {
 
 /// `round(x / scale) + zero_point`, saturated.
 pub fn quantize(x: &Tensor, q: QParam, min: i32, max: i32, flavor: QFlavor) -> Tensor {
-    let (lo, hi) = ((min - q.zero_point) as f32, (max - q.zero_point) as f32);
+    let zp = q.zero_point as i64;
+    let (lo, hi) = ((min as i64 - zp) as f32, (max as i64 - zp) as f32);
     let data = x
         .data
         .iter()
@@ -228,7 +228,7 @@ pub fn quantize(x: &Tensor, q: QParam, min: i32, max: i32, flavor: QFlavor) -> T
                 // MLAS clamps before converting (NaN becomes the low bound there too).
                 QFlavor::Onnx => {
                     let c = if r.is_nan() { lo } else { r.max(lo).min(hi) };
-                    (libm::rintf(c) as i32 + q.zero_point) as f32
+                    (libm::rintf(c) as i64 + zp).clamp(min as i64, max as i64) as f32
                 }
                 // TFLite: static_cast<int32>(round(v / scale)) + zero_point, then clamp.
                 QFlavor::Tflite => {
@@ -256,7 +256,7 @@ pub fn dequantize(x: &Tensor, q: QParam) -> Tensor {
         data: x
             .data
             .iter()
-            .map(|&v| (v as i32 - q.zero_point) as f32 * q.scale)
+            .map(|&v| (v as i64 - q.zero_point as i64) as f32 * q.scale)
             .collect(),
     }
 }
@@ -267,7 +267,7 @@ pub fn centred_weights(w: &Tensor, q: &QLinear, rows: usize) -> Vec<i16> {
     w.data
         .iter()
         .enumerate()
-        .map(|(i, &v)| (v as i32 - pick(&q.w_zero, i / k.max(1))) as i16)
+        .map(|(i, &v)| (v as i32).wrapping_sub(pick(&q.w_zero, i / k.max(1))) as i16)
         .collect()
 }
 
@@ -349,19 +349,19 @@ pub fn qmatmul(a: &Tensor, b: &Tensor, q: &QLinear, out_shape: &[usize]) -> Tens
     let mut bt = vec![0i16; nd * kd];
     for kk in 0..kd {
         for j in 0..nd {
-            bt[j * kd + kk] = (b.data[kk * nd + j] as i32 - pick(&q.w_zero, j)) as i16;
+            bt[j * kd + kk] = (b.data[kk * nd + j] as i32).wrapping_sub(pick(&q.w_zero, j)) as i16;
         }
     }
     let mut out = vec![0f32; m * nd];
     for i in 0..m {
         let row: Vec<i32> = a.data[i * kd..(i + 1) * kd]
             .iter()
-            .map(|&v| v as i32 - za)
+            .map(|&v| (v as i32).wrapping_sub(za))
             .collect();
         for j in 0..nd {
             let mut acc = q.bias.get(j).copied().unwrap_or(0);
             for (x, &wv) in row.iter().zip(&bt[j * kd..(j + 1) * kd]) {
-                acc = acc.wrapping_add(x * wv as i32);
+                acc = acc.wrapping_add(x.wrapping_mul(wv as i32));
             }
             out[i * nd + j] = req.apply(j, acc);
         }
@@ -395,8 +395,8 @@ pub fn qbinary(a: &Tensor, b: &Tensor, p: &QBinary, out_shape: &[usize]) -> Tens
         (QFlavor::Onnx, op) => {
             let (sa, sb, sy) = (p.a.scale, p.b.scale, p.y.scale);
             alloc::boxed::Box::new(move |x, y| {
-                let va = sa * (x - za) as f32;
-                let vb = sb * (y - zb) as f32;
+                let va = sa * (x as i64 - za as i64) as f32;
+                let vb = sb * (y as i64 - zb as i64) as f32;
                 let v = if op == BinaryOp::Mul {
                     va * vb
                 } else {
@@ -411,7 +411,8 @@ pub fn qbinary(a: &Tensor, b: &Tensor, p: &QBinary, out_shape: &[usize]) -> Tens
             let (m, s) =
                 quantize_multiplier(p.a.scale as f64 * p.b.scale as f64 / p.y.scale as f64);
             alloc::boxed::Box::new(move |x, y| {
-                multiply_by_quantized_multiplier((x - za) * (y - zb), m, s) + zy
+                let p = x.wrapping_sub(za).wrapping_mul(y.wrapping_sub(zb));
+                multiply_by_quantized_multiplier(p, m, s).saturating_add(zy)
             })
         }
         // TFLite int8 ADD: inputs shifted left by 20 bits, each rescaled to twice the
@@ -424,9 +425,9 @@ pub fn qbinary(a: &Tensor, b: &Tensor, p: &QBinary, out_shape: &[usize]) -> Tens
             let (my, sy) =
                 quantize_multiplier(twice_max / ((1i64 << left) as f64 * p.y.scale as f64));
             alloc::boxed::Box::new(move |x, y| {
-                let a = multiply_by_quantized_multiplier((x - za) * (1 << left), ma, sa);
-                let b = multiply_by_quantized_multiplier((y - zb) * (1 << left), mb, sb);
-                multiply_by_quantized_multiplier(a.wrapping_add(b), my, sy) + zy
+                let a = multiply_by_quantized_multiplier(x.wrapping_sub(za) << left, ma, sa);
+                let b = multiply_by_quantized_multiplier(y.wrapping_sub(zb) << left, mb, sb);
+                multiply_by_quantized_multiplier(a.wrapping_add(b), my, sy).saturating_add(zy)
             })
         }
     };
@@ -485,5 +486,34 @@ mod tests {
         assert_eq!(y.data, vec![0.0, 2.0, 2.0, -128.0, 127.0]);
         let y = quantize(&x, q, -128, 127, QFlavor::Tflite);
         assert_eq!(y.data, vec![1.0, 2.0, 3.0, -128.0, 127.0]);
+    }
+
+    #[test]
+    fn extreme_zero_points_saturate_instead_of_overflowing() {
+        let x = Tensor::new(vec![3], vec![-1e30, 0.0, 1e30]).unwrap();
+        for zp in [i32::MIN, -1, i32::MAX] {
+            let q = QParam {
+                scale: 1.0,
+                zero_point: zp,
+            };
+            for flavor in [QFlavor::Onnx, QFlavor::Tflite] {
+                let y = quantize(&x, q, i32::MIN, i32::MAX, flavor);
+                assert!(y.data.iter().all(|v| v.is_finite()));
+            }
+            let d = dequantize(&Tensor::new(vec![1], vec![2e9]).unwrap(), q);
+            assert!(d.data[0].is_finite());
+            let b = QBinary {
+                op: BinaryOp::Add,
+                a: q,
+                b: q,
+                y: q,
+                min: -128,
+                max: 127,
+                flavor: QFlavor::Tflite,
+            };
+            let t = Tensor::new(vec![2], vec![127.0, -128.0]).unwrap();
+            let y = qbinary(&t, &t, &b, &[2]);
+            assert!(y.data.iter().all(|v| (-128.0..=127.0).contains(v)));
+        }
     }
 }

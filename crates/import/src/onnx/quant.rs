@@ -84,6 +84,12 @@ impl Importer<'_> {
                 let r = type_range(t).ok_or_else(|| {
                     c.unsup(format!("zero point of type {}", tensor::type_name(t)))
                 })?;
+                if !(r.0..=r.1).contains(&z[0]) {
+                    return Err(c.invalid(format!(
+                        "zero point {} outside its type's range {r:?}",
+                        z[0]
+                    )));
+                }
                 (z[0], r)
             }
         };
