@@ -61,6 +61,7 @@ missing=0
 for q in "${QUANT[@]}"; do
     for f in qdq qop; do [[ -f "$MODELS/${q%%:*}_int8_$f.onnx" ]] || missing=1; done
 done
+[[ -f "$MODELS/integer_ops.onnx" ]] || missing=1
 if [[ $missing == 1 || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     echo "make-fixtures: quantizing ${QUANT[*]}" >&2
     rm -f "$stamp"
@@ -113,6 +114,7 @@ for f in qdq qop; do
     case_ "ppocr_cls_int8_$f" "$MODELS/ppocr_cls_int8_$f.onnx" --seed 0 --dist normal --ort-optimize \
         --input-shape x=1,3,48,192
 done
+case_ integer_ops "$MODELS/integer_ops.onnx" --seed 0 --dist normal --ort-optimize
 case_ tiny_int8 "$MODELS/tiny_int8.tflite" --seed 0 --dist uniform
 case_ face_detection_full_range_sparse "$MODELS/face_detection_full_range_sparse.tflite" \
     --seed 0 --dist uniform

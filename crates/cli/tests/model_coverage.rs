@@ -277,3 +277,24 @@ fn inspect_lists_every_unsupported_op() {
 fn tiny_int8() {
     check_int8("tiny_int8");
 }
+
+/// ConvInteger, MatMulInteger (int32 accumulators, cast to float) and QLinearMatMul
+/// against ONNX Runtime: the accumulators exactly, the requantised output within a step.
+#[test]
+fn integer_ops() {
+    let case = "integer_ops";
+    let results = run_case(&model_path(case), case);
+    for (o, ours, want) in &results {
+        let d = max_abs_diff(ours, want);
+        let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+        eprintln!("{case}/{o}: max |diff| {d:.3e} (max |ref| {scale:.3e})");
+        match o.as_str() {
+            // float(acc) * scale: the same f32 product as ONNX Runtime's Mul.
+            "conv" => assert!(d <= scale * 1e-6, "{o}: {d}"),
+            "matmul_integer" => assert_eq!(ours.data, want.data, "{o}"),
+            "qlinear" => assert!(d <= 0.25 * 1.001, "{o}: {d} > one step"),
+            other => panic!("unexpected output {other}"),
+        }
+        assert!(scale > 0.0, "{o}: all zero");
+    }
+}
