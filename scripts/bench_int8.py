@@ -105,10 +105,10 @@ def main():
              f"QOperator with uint8). ONNX Runtime {ort.__version__} runs with its default "
              f"optimisations (QDQ groups fused into its integer kernels).", "",
              "shadownet's integer convolutions use AVX-512 VNNI (`vpdpbusd`) where the CPU has "
-             "it, but its tensors carry the integers as f32 (four bytes per value through "
-             "every op, converted at each integer op) and it packs the weights on every call, "
-             "where ONNX Runtime keeps uint8/int8 tensors and packs weights once per session: "
-             "the ratio below is that gap, not the cost of the integer arithmetic itself.", "",
+             "it. Unlike ONNX Runtime, its tensors carry the integers as f32 (four bytes per "
+             "value, converted at each integer op) and it packs the weights on every call "
+             "rather than once per session; how much of the ratio each of these accounts for "
+             "has not been measured.", "",
              "| model | shadownet ms | ONNX Runtime ms | ratio |", "|---|---:|---:|---:|"]
     for n, r in res.items():
         lines.append(f"| {n} | {r['shadownet_ms']:.2f} | {r['onnxruntime_ms']:.2f} | "
