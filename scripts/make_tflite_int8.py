@@ -12,7 +12,7 @@ conv / depthwise weights, per-tensor fully-connected weights and int32 biases, t
 TFLite's converter quantizes. Float32 input and output (QUANTIZE first, DEQUANTIZE last).
 
 Ops: QUANTIZE, CONV_2D (fused RELU6 / RELU / none), DEPTHWISE_CONV_2D (stride 2, RELU),
-ADD (fused RELU), MUL, MAX_POOL_2D, AVERAGE_POOL_2D (SAME padding, so border windows
+ADD (fused RELU), MUL, PAD (filled with the zero point), MAX_POOL_2D, AVERAGE_POOL_2D (SAME padding, so border windows
 average 4 or 6 values), CONCATENATION, RESIZE_NEAREST_NEIGHBOR, LOGISTIC, RESHAPE,
 FULLY_CONNECTED, DEQUANTIZE. Outputs: the logits and the logistic map (2048 values).
 """
@@ -53,7 +53,8 @@ GRAPH = [
     ("d", B.CONV_2D, ["b", "c3_w", "c3_b"], dict(stride=1, act=1)),
     ("e", B.ADD, ["c", "d"], dict(act=1)),
     ("m", B.MUL, ["e", "c"], dict(act=0)),
-    ("f", B.MAX_POOL_2D, ["m"], dict(k=2, stride=2)),
+    ("mp", B.PAD, ["m", "pads"], {}),
+    ("f", B.MAX_POOL_2D, ["mp"], dict(k=2, stride=2)),
     ("g", B.AVERAGE_POOL_2D, ["f"], dict(k=3, stride=1)),
     ("h", B.CONCATENATION, ["f", "g"], dict(axis=3)),
     ("r", B.RESIZE_NEAREST_NEIGHBOR, ["h", "size"], {}),
@@ -61,13 +62,15 @@ GRAPH = [
     ("flat", B.RESHAPE, ["l", "shape"], {}),
     ("logits", B.FULLY_CONNECTED, ["flat", "fc_w", "fc_b"], {}),
 ]
-INTS = {"size": np.array([8, 8], np.int32), "shape": np.array([1, 8 * 8 * 32], np.int32)}
+INTS = {"size": np.array([8, 8], np.int32), "shape": np.array([1, 8 * 8 * 32], np.int32),
+        "pads": np.array([[0, 0], [1, 1], [1, 1], [0, 0]], np.int32)}
 SHAPES = {"x": [1, H, W, 3], "a": [1, 16, 16, 8], "b": [1, 8, 8, 8], "c": [1, 8, 8, 16],
-          "d": [1, 8, 8, 16], "e": [1, 8, 8, 16], "m": [1, 8, 8, 16], "f": [1, 4, 4, 16],
-          "g": [1, 4, 4, 16], "h": [1, 4, 4, 32], "r": [1, 8, 8, 32], "l": [1, 8, 8, 32],
+          "d": [1, 8, 8, 16], "e": [1, 8, 8, 16], "m": [1, 8, 8, 16], "mp": [1, 10, 10, 16],
+          "f": [1, 5, 5, 16],
+          "g": [1, 5, 5, 16], "h": [1, 5, 5, 32], "r": [1, 8, 8, 32], "l": [1, 8, 8, 32],
           "flat": [1, 8 * 8 * 32], "logits": [1, 10]}
 # Ops whose int8 output must carry their input's quantization (TFLite requires it).
-SAME_AS_INPUT = {"f": "m", "g": "f", "h": "f", "r": "h", "flat": "l"}
+SAME_AS_INPUT = {"mp": "m", "f": "m", "g": "f", "h": "f", "r": "h", "flat": "l"}
 
 
 def options(op, attrs):

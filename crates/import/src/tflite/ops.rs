@@ -591,6 +591,15 @@ impl Importer<'_, '_> {
     }
 
     fn pad(&mut self, op: &OperatorDef, mode: PadMode, value_input: bool) -> Result<()> {
+        let value = match self.opt_input(op, 2) {
+            Some(v) if value_input => self.konst(v)?.data.first().copied().unwrap_or(0.0),
+            _ => 0.0,
+        };
+        self.pad_with(op, mode, value)
+    }
+
+    /// PAD with an explicit fill value (integer PAD fills with the zero point).
+    pub(crate) fn pad_with(&mut self, op: &OperatorDef, mode: PadMode, value: f32) -> Result<()> {
         let xt = self.input(op, 0)?;
         let rank = self.rank(xt)?;
         let p = self.ints(self.input(op, 1)?)?;
@@ -601,10 +610,6 @@ impl Importer<'_, '_> {
             .chunks_exact(2)
             .map(|c| (c[0] as usize, c[1] as usize))
             .collect();
-        let value = match self.opt_input(op, 2) {
-            Some(v) if value_input => self.konst(v)?.data.first().copied().unwrap_or(0.0),
-            _ => 0.0,
-        };
         let (x, nchw) = if rank == 4 {
             pads = NHWC_PERM.iter().map(|&a| pads[a]).collect();
             (self.nchw(xt)?, true)

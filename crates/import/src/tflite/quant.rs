@@ -368,6 +368,8 @@ pub(crate) const INTEGER_BUILTINS: &[i32] = &[
     code::SQUEEZE,
     code::EXPAND_DIMS,
     code::RESIZE_NEAREST_NEIGHBOR,
+    code::PAD,
+    code::PADV2,
 ];
 
 /// Operators with integer activations. Anything else on integers is refused by name
@@ -424,6 +426,22 @@ pub(crate) fn translate(imp: &mut Importer, builtin: i32, op: &OperatorDef) -> R
                 return Err(imp.unsupported("a fused activation on an integer concatenation"));
             }
             imp.concat(op)
+        }
+        // LiteRT pads integers with the output's zero point (PAD) or the given constant,
+        // whose stored integer is the fill (PADV2).
+        PAD | PADV2 => {
+            let y = imp.same_quant(imp.input(op, 0)?, imp.output(op)?)?;
+            let fill = match imp.opt_input(op, 2) {
+                Some(v) if builtin == PADV2 => {
+                    let k = imp.konst_raw(v)?;
+                    match k.ints.as_deref() {
+                        Some([f, ..]) => *f as f32,
+                        _ => return Err(imp.invalid("PADV2 fill value on integers")),
+                    }
+                }
+                _ => y.zero_point as f32,
+            };
+            imp.pad_with(op, shadownet_ir::PadMode::Constant, fill)
         }
         RESHAPE | SQUEEZE | EXPAND_DIMS | RESIZE_NEAREST_NEIGHBOR => {
             imp.same_quant(imp.input(op, 0)?, imp.output(op)?)?;
