@@ -21,6 +21,8 @@ pub(crate) struct Dq {
     pub src: Val,
     pub scale: Vec<f32>,
     pub zero: Vec<i32>,
+    /// The quantized axis of per-axis parameters (normalised).
+    pub axis: usize,
 }
 
 /// Saturation range of an integer element type.
@@ -157,12 +159,19 @@ impl Importer<'_> {
             Some(_) => ints_i32(c, &self.konst_at(c, 2, "zero point")?, "zero point")?,
             None => vec![0],
         };
+        let rank = self.shape(&x).len();
+        let axis = if rank == 0 {
+            0
+        } else {
+            c.axis(c.i("axis", 1), rank)?
+        };
         self.dq.insert(
             out.clone(),
             Dq {
                 src: x.clone(),
                 scale: scale.clone(),
                 zero: zero.clone(),
+                axis,
             },
         );
         if let Val::Const { t, .. } = &x {
@@ -573,6 +582,14 @@ impl Importer<'_> {
         };
         let fits = |n: usize| n == 1 || n == channels;
         if !fits(dw.scale.len()) || !fits(dw.zero.len()) {
+            return Ok(false);
+        }
+        // Per-channel weights must be quantized along the output channels.
+        let out_axis = match (op, trans) {
+            ("Conv", _) | (_, true) => 0,
+            _ => 1,
+        };
+        if (dw.scale.len() > 1 || dw.zero.len() > 1) && dw.axis != out_axis {
             return Ok(false);
         }
         let q = QLinear {
