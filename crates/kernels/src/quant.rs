@@ -389,28 +389,47 @@ pub fn qbinary(a: &Tensor, b: &Tensor, p: &QBinary, out_shape: &[usize]) -> Tens
         &eb
     };
     let (za, zb, zy) = (p.a.zero_point, p.b.zero_point, p.y.zero_point);
-    let f: alloc::boxed::Box<dyn Fn(i32, i32) -> i32> = match (p.flavor, p.op) {
+    let (min, max) = (p.min, p.max);
+    // One monomorphised loop per arithmetic, so each compiles to a tight loop.
+    let zip = |f: &dyn Fn(i32, i32) -> i32| -> Vec<f32> {
+        a.data
+            .iter()
+            .zip(&b.data)
+            .map(|(&x, &y)| f(x as i32, y as i32).clamp(min, max) as f32)
+            .collect()
+    };
+    let data = match (p.flavor, p.op) {
         // MLAS's QLinearAdd / QLinearMul reference loops: dequantise in f32, combine,
-        // divide by the output scale, round half to even.
+        // divide by the output scale, round half to even (clamping first, to the
+        // zero-point-adjusted range, gives the same integers and keeps the rounding exact).
         (QFlavor::Onnx, op) => {
             let (sa, sb, sy) = (p.a.scale, p.b.scale, p.y.scale);
-            alloc::boxed::Box::new(move |x, y| {
-                let va = sa * (x as i64 - za as i64) as f32;
-                let vb = sb * (y as i64 - zb as i64) as f32;
-                let v = if op == BinaryOp::Mul {
-                    va * vb
-                } else {
-                    va + vb
-                };
-                let r = libm::rintf(v / sy);
-                (r.clamp(-1e9, 1e9) as i32).saturating_add(zy)
-            })
+            let lo = (min as i64 - zy as i64) as f32;
+            let hi = (max as i64 - zy as i64) as f32;
+            let small = lo >= -SMALL && hi <= SMALL;
+            let mul = op == BinaryOp::Mul;
+            a.data
+                .iter()
+                .zip(&b.data)
+                .map(|(&x, &y)| {
+                    let va = sa * (x as i64 - za as i64) as f32;
+                    let vb = sb * (y as i64 - zb as i64) as f32;
+                    let v = if mul { va * vb } else { va + vb };
+                    let r = (v / sy).max(lo).min(hi);
+                    let r = if small {
+                        round_half_even_small(r)
+                    } else {
+                        libm::rintf(r)
+                    };
+                    (r as i64 + zy as i64).clamp(min as i64, max as i64) as f32
+                })
+                .collect()
         }
         // TFLite int8 MUL: one multiplier for sa·sb/sy on the integer product.
         (QFlavor::Tflite, BinaryOp::Mul) => {
             let (m, s) =
                 quantize_multiplier(p.a.scale as f64 * p.b.scale as f64 / p.y.scale as f64);
-            alloc::boxed::Box::new(move |x, y| {
+            zip(&|x, y| {
                 let p = x.wrapping_sub(za).wrapping_mul(y.wrapping_sub(zb));
                 multiply_by_quantized_multiplier(p, m, s).saturating_add(zy)
             })
@@ -424,19 +443,13 @@ pub fn qbinary(a: &Tensor, b: &Tensor, p: &QBinary, out_shape: &[usize]) -> Tens
             let (mb, sb) = quantize_multiplier(p.b.scale as f64 / twice_max);
             let (my, sy) =
                 quantize_multiplier(twice_max / ((1i64 << left) as f64 * p.y.scale as f64));
-            alloc::boxed::Box::new(move |x, y| {
+            zip(&|x, y| {
                 let a = multiply_by_quantized_multiplier(x.wrapping_sub(za) << left, ma, sa);
                 let b = multiply_by_quantized_multiplier(y.wrapping_sub(zb) << left, mb, sb);
                 multiply_by_quantized_multiplier(a.wrapping_add(b), my, sy).saturating_add(zy)
             })
         }
     };
-    let data = a
-        .data
-        .iter()
-        .zip(&b.data)
-        .map(|(&x, &y)| f(x as i32, y as i32).clamp(p.min, p.max) as f32)
-        .collect();
     Tensor {
         shape: out_shape.to_vec(),
         data,
