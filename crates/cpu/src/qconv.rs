@@ -36,6 +36,15 @@ pub fn qconv2d(x: &Tensor, w: &Tensor, c: &Conv, q: &QLinear, out_shape: &[usize
             data: out,
         };
     }
+    // Small convs stay on this thread, as the float convs do: waking workers costs more
+    // than they save (under load, far more). `with_min_len` of everything keeps a rayon
+    // iterator from splitting at all.
+    let macs = n * o * p * (cg * c.kernel[0] * c.kernel[1]);
+    let min_len = if macs >= crate::gemm::PARALLEL_MIN_MACS && crate::par::threads() > 1 {
+        1
+    } else {
+        usize::MAX
+    };
     // One vectorised pass each turns the exact-integer floats into integers; everything
     // after works on integers.
     let xi: Vec<i32> = x.data.iter().map(|&v| v as i32).collect();
@@ -43,26 +52,29 @@ pub fn qconv2d(x: &Tensor, w: &Tensor, c: &Conv, q: &QLinear, out_shape: &[usize
     // Depthwise windows of up to 8x8 taps run direct; larger ones go through the GEMM.
     if cg == 1 && og == 1 && c.kernel[0] * c.kernel[1] <= 64 {
         let k = c.kernel[0] * c.kernel[1];
-        out.par_chunks_mut(p.max(1)).enumerate().for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(acc, xc), (plane, dst)| {
-                let ch = plane % o;
-                xc.clear();
-                xc.extend(
-                    xi[plane * h * wd..(plane + 1) * h * wd]
-                        .iter()
-                        .map(|&v| v.wrapping_sub(zx)),
-                );
-                let zw = pick(&q.w_zero, ch);
-                let mut taps = [0i32; 64];
-                let taps = &mut taps[..k];
-                for (t, &v) in taps.iter_mut().zip(&wi[ch * k..(ch + 1) * k]) {
-                    *t = v.wrapping_sub(zw);
-                }
-                depthwise_plane(xc, taps, c, [h, wd], [oh, ow], acc);
-                req.apply_row(ch, acc, bias_of(q, ch), dst);
-            },
-        );
+        out.par_chunks_mut(p.max(1))
+            .with_min_len(min_len)
+            .enumerate()
+            .for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(acc, xc), (plane, dst)| {
+                    let ch = plane % o;
+                    xc.clear();
+                    xc.extend(
+                        xi[plane * h * wd..(plane + 1) * h * wd]
+                            .iter()
+                            .map(|&v| v.wrapping_sub(zx)),
+                    );
+                    let zw = pick(&q.w_zero, ch);
+                    let mut taps = [0i32; 64];
+                    let taps = &mut taps[..k];
+                    for (t, &v) in taps.iter_mut().zip(&wi[ch * k..(ch + 1) * k]) {
+                        *t = v.wrapping_sub(zw);
+                    }
+                    depthwise_plane(xc, taps, c, [h, wd], [oh, ow], acc);
+                    req.apply_row(ch, acc, bias_of(q, ch), dst);
+                },
+            );
         return Tensor {
             shape: out_shape.to_vec(),
             data: out,
@@ -115,9 +127,10 @@ pub fn qconv2d(x: &Tensor, w: &Tensor, c: &Conv, q: &QLinear, out_shape: &[usize
         let rowsum = &rowsum[gi * og..(gi + 1) * og];
         for b in 0..n {
             let xg = &bytes[(b * cin + gi * cg) * h * wd..(b * cin + (gi + 1) * cg) * h * wd];
-            let panels = pack_input(xg, c, [h, wd], [oh, ow], k4, (zx + off) as u8);
+            let panels = pack_input(xg, c, [h, wd], [oh, ow], k4, (zx + off) as u8, min_len);
             let dst = &mut out[(b * o + gi * og) * p..(b * o + (gi + 1) * og) * p];
             dst.par_chunks_mut(MR * p)
+                .with_min_len(min_len)
                 .enumerate()
                 .for_each(|(blk, rows)| {
                     let wblk = &wp[blk * k4 * MR..(blk + 1) * k4 * MR];
@@ -166,6 +179,7 @@ fn pack_input(
     [oh, ow]: [usize; 2],
     k4: usize,
     pad: u8,
+    min_len: usize,
 ) -> Vec<u8> {
     let p = oh * ow;
     let nblk = p.div_ceil(NB);
@@ -175,8 +189,9 @@ fn pack_input(
     let direct = c.kernel == [1, 1] && c.stride == [1, 1] && c.pads == [0; 4];
     let mut out = vec![0u8; nblk * k4 * NB * 4];
     out.par_chunks_mut(k4 * NB * 4)
+        .with_min_len(min_len)
         .enumerate()
-        .for_each_init(Vec::new, |lane, (pb, panel)| {
+        .for_each(|(pb, panel)| {
             let p0 = pb * NB;
             let np = NB.min(p - p0);
             for kk in 0..k {
@@ -185,33 +200,43 @@ fn pack_input(
                 let plane = &x[ci * h * wd..(ci + 1) * h * wd];
                 if direct {
                     // 1x1, stride 1, no padding: the im2col row is the input plane itself.
-                    for (j, &v) in plane[p0..p0 + np].iter().enumerate() {
-                        panel[at + j * 4] = v;
+                    let lanes = panel[at..].chunks_mut(4);
+                    for (d, &v) in lanes.zip(&plane[p0..p0 + np]) {
+                        d[0] = v;
                     }
                     continue;
                 }
                 let dy = (r / kw * c.dilation[0]) as isize - c.pads[0] as isize;
                 let dx = (r % kw * c.dilation[1]) as isize - c.pads[1] as isize;
-                // Gather one row of 32 lanes, then interleave it into the panel.
-                lane.clear();
-                let (mut oy, mut ox) = (p0 / ow, p0 % ow);
-                for _ in 0..np {
+                // Output pixels of the panel, one output row segment at a time: the input
+                // row is fixed per segment and the valid columns are one range.
+                let (mut j, mut oy, mut ox) = (0, p0 / ow, p0 % ow);
+                while j < np {
+                    let seg = (ow - ox).min(np - j);
                     let iy = (oy * c.stride[0]) as isize + dy;
-                    let ix = (ox * c.stride[1]) as isize + dx;
-                    let inside = iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd;
-                    lane.push(if inside {
-                        plane[iy as usize * wd + ix as usize]
+                    let dst = &mut panel[at + j * 4..];
+                    if iy < 0 || iy as usize >= h {
+                        for q in 0..seg {
+                            dst[q * 4] = pad;
+                        }
                     } else {
-                        pad
-                    });
-                    ox += 1;
-                    if ox == ow {
-                        ox = 0;
-                        oy += 1;
+                        let row = &plane[iy as usize * wd..(iy as usize + 1) * wd];
+                        let sw = c.stride[1];
+                        let (a, b) = valid_range(ox, seg, sw, dx, wd);
+                        for q in (0..a).chain(b..seg) {
+                            dst[q * 4] = pad;
+                        }
+                        if b > a {
+                            let s0 = (((ox + a) * sw) as isize + dx) as usize;
+                            let src = row[s0..].iter().step_by(sw).take(b - a);
+                            for (d, &v) in dst[a * 4..].chunks_mut(4).zip(src) {
+                                d[0] = v;
+                            }
+                        }
                     }
-                }
-                for (j, &v) in lane.iter().enumerate() {
-                    panel[at + j * 4] = v;
+                    j += seg;
+                    ox = 0;
+                    oy += 1;
                 }
             }
         });
