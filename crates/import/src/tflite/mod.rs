@@ -212,7 +212,7 @@ impl<'m, 'a> Importer<'m, 'a> {
                 return Err(Error::Unsupported {
                     node: t.name.clone(),
                     op: format!("{} input", ttype::name(t.ty)),
-                    detail: "quantized (integer) activations are not supported; use a float or hybrid model".into(),
+                    detail: "integer model inputs are not supported (integer activations inside are: give the model a float input that it QUANTIZEs)".into(),
                 });
             }
             let sig = t.signature.as_ref().unwrap_or(&t.shape);
