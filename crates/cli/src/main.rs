@@ -292,6 +292,20 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             if model.is_dir() {
                 return cmd_inspect_package(&model, key.as_deref());
             }
+            // Every unsupported op up front, not just the first one an import trips on.
+            let missing = shadownet_import::unsupported_ops(&model)?;
+            if !missing.is_empty() {
+                let list: Vec<String> = missing
+                    .iter()
+                    .map(|u| format!("  {} ({} nodes, first '{}')", u.op, u.count, u.first_node))
+                    .collect();
+                bail!(
+                    "{} uses {} unsupported ops (see docs/ops.md):\n{}",
+                    model.display(),
+                    missing.len(),
+                    list.join("\n")
+                );
+            }
             let m = load(&model, &parse_shapes(&input_shapes)?)?;
             print!("{}", plain::inspect(&m));
             Ok(())

@@ -41,8 +41,18 @@ fn demo_runs_and_classifies_both_orientations() {
         String::from_utf8_lossy(&out.stderr)
     );
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.contains("text_upright.npy: predicted 0°"), "{s}");
-    assert!(s.contains("text_flipped.npy: predicted 180°"), "{s}");
+    // Each image: the truth, the plain run and the secure run all agree.
+    for (file, deg) in [("text_upright.npy", "0°"), ("text_flipped.npy", "180°")] {
+        let line = s
+            .lines()
+            .find(|l| l.starts_with(file))
+            .unwrap_or_else(|| panic!("no line for {file}: {s}"));
+        for part in ["truth", "plain", "secure"] {
+            assert!(line.contains(&format!("{part} {deg}")), "{line}");
+        }
+    }
+    // And the accelerator's view of the first layer is a uniform ring mask.
+    assert!(s.contains("spread over the whole ring"), "{s}");
 }
 
 #[test]

@@ -77,6 +77,32 @@ pub fn window_out(
     Some((padded - eff) / stride + 1)
 }
 
+/// Per-channel parameters of an integer conv / matmul come one per output channel or once.
+fn check_qlinear(
+    node: &str,
+    q: &crate::QLinear,
+    channels: usize,
+    inputs: &[Vec<usize>],
+) -> Result<()> {
+    let fits = |n: usize| n == 1 || n == channels;
+    if !fits(q.w_scale.len())
+        || !fits(q.w_zero.len())
+        || !(q.bias.is_empty() || q.bias.len() == channels)
+    {
+        return Err(mismatch(
+            node,
+            format!(
+                "weight scales, zero points and bias for {channels} output channels (got {}, {}, {})",
+                q.w_scale.len(),
+                q.w_zero.len(),
+                q.bias.len()
+            ),
+            inputs,
+        ));
+    }
+    Ok(())
+}
+
 /// Infers the output shapes of `op` from its input shapes, checking that they fit.
 pub fn infer_shapes(node: &str, op: &Op, inputs: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
     let need = |lo: usize, hi: usize, what: &'static str| -> Result<()> {
@@ -227,9 +253,28 @@ pub fn infer_shapes(node: &str, op: &Op, inputs: &[Vec<usize>]) -> Result<Vec<Ve
             }
             vec![x]
         }
-        Op::Act(_) | Op::Identity => {
+        Op::Act(_) | Op::Identity | Op::Quantize { .. } | Op::Dequantize(_) => {
             need(1, 1, "1")?;
             vec![x]
+        }
+        Op::QConv { conv, q } => {
+            need(2, 2, "2")?;
+            let o = inputs[1].first().copied().unwrap_or(0);
+            check_qlinear(node, q, o, inputs)?;
+            return infer_shapes(node, &Op::Conv(conv.clone()), inputs);
+        }
+        Op::QMatMul(q) => {
+            need(2, 2, "2")?;
+            if inputs[1].len() != 2 {
+                return Err(mismatch(node, "a [K, N] weight matrix", inputs));
+            }
+            check_qlinear(node, q, inputs[1][1], inputs)?;
+            return infer_shapes(node, &Op::MatMul, inputs);
+        }
+        Op::QBinary(_) => {
+            need(2, 2, "2")?;
+            vec![broadcast_shapes(&inputs[0], &inputs[1])
+                .ok_or_else(|| mismatch(node, "broadcastable operands", inputs))?]
         }
         Op::Binary(_) => {
             need(2, 2, "2")?;
