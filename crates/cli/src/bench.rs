@@ -16,8 +16,9 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use shadownet_ir::Tensor;
 use shadownet_trusted::Scheme;
-use shadownet_untrusted::{CpuAccelerator, Enclave, InProcEnclave, ProcessEnclave, SecureModel};
+use shadownet_untrusted::{Enclave, InProcEnclave, ProcessEnclave, SecureModel};
 
+use crate::accel::{AcceleratorKind, SplitReader};
 use crate::{keys, plain};
 
 /// Every scheme the bench converts to. A new scheme only needs adding here.
@@ -45,6 +46,10 @@ pub struct BenchArgs {
     /// Seed of the N(0,1) input and of the conversion.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// What runs the secure variants' public layers. With gpu the report splits the
+    /// accelerator's time into upload, compute and download.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub accelerator: AcceleratorKind,
 }
 
 /// Latency summary in milliseconds.
@@ -137,6 +142,9 @@ struct SecureVariant {
     accel: Vec<f64>,
     rest: Vec<f64>,
     max_rel_err: f32,
+    /// GPU: reads the accelerator's [upload, compute, download] ms, and their samples.
+    split: Option<SplitReader>,
+    split_samples: Vec<[f64; 3]>,
 }
 
 /// A temporary directory removed on drop (holds the device key for the enclave process).
@@ -232,6 +240,7 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
     let exe = std::env::current_exe().context("cannot locate the shadownet binary")?;
 
     let mut variants: Vec<SecureVariant> = Vec::new();
+    let mut device = String::from("cpu");
     for &scheme in SCHEMES {
         let opts = shadownet_protect::Options {
             scheme,
@@ -261,10 +270,10 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
                 )?),
                 _ => Box::new(ProcessEnclave::spawn(&exe, &sk_path)?),
             };
-            let mut model = SecureModel::open(&pkg_dir, enclave, Box::new(CpuAccelerator::new()))
-                .with_context(|| {
-                format!("cannot open the {} package ({mode})", scheme.name())
-            })?;
+            let made = crate::accel::make(args.accelerator)?;
+            device = made.device.clone();
+            let mut model = SecureModel::open(&pkg_dir, enclave, made.backend)
+                .with_context(|| format!("cannot open the {} package ({mode})", scheme.name()))?;
             let (mut precompute_ms_per_inference, mut pool_bytes_per_inference) = (None, None);
             if scheme == Scheme::Hardened {
                 // Two inferences per iteration: the untimed one and the timed one.
@@ -293,6 +302,8 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
                 accel: Vec::with_capacity(args.runs),
                 rest: Vec::with_capacity(args.runs),
                 max_rel_err: 0.0,
+                split: made.split,
+                split_samples: Vec::with_capacity(args.runs),
             });
         }
     }
@@ -323,6 +334,9 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
                 .infer(xs.clone())
                 .with_context(|| format!("{} inference failed", v.name))?;
             let inputs = xs.clone();
+            if let Some(split) = &mut v.split {
+                split(); // only the timed run's share
+            }
             let t0 = Instant::now();
             let y = v
                 .model
@@ -338,6 +352,9 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
                 let accel = v.model.last_accel_time.as_secs_f64() * 1e3;
                 v.accel.push(accel);
                 v.rest.push(dt - accel);
+                if let Some(split) = &mut v.split {
+                    v.split_samples.push(split());
+                }
             }
         }
     }
@@ -389,6 +406,14 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         j["precompute_ms_per_inference"] = json!(v.precompute_ms_per_inference);
         j["pool_bytes_per_inference"] = json!(v.pool_bytes_per_inference);
         j["max_rel_err"] = json!(v.max_rel_err);
+        if !v.split_samples.is_empty() {
+            let med = |i: usize| {
+                Stats::of(&v.split_samples.iter().map(|s| s[i]).collect::<Vec<_>>()).median
+            };
+            j["upload_median_ms"] = json!(med(0));
+            j["compute_median_ms"] = json!(med(1));
+            j["download_median_ms"] = json!(med(2));
+        }
         out_variants.push(j);
     }
     let total_macs: u64 = g.nodes.iter().map(|n| g.macs(n)).sum();
@@ -401,6 +426,8 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
             .collect::<Vec<_>>(),
         "gflops": 2.0 * total_macs as f64 / 1e9,
         "threads": threads,
+        "accelerator": args.accelerator.name(),
+        "accelerator_device": device,
         "runs": args.runs,
         "warmup": args.warmup,
         "seed": args.seed,
@@ -548,6 +575,25 @@ pub fn table(r: &Value) -> String {
             num(v, "convert_s").unwrap_or(0.0),
             num(v, "max_rel_err").unwrap_or(0.0),
         );
+    }
+    if r["accelerator"].as_str().is_some_and(|a| a != "cpu") {
+        let _ = writeln!(
+            s,
+            "accelerator: {} ({})",
+            r["accelerator"].as_str().unwrap_or("?"),
+            r["accelerator_device"].as_str().unwrap_or("?")
+        );
+    }
+    for v in r["variants"].as_array().into_iter().flatten() {
+        if let Some(up) = num(v, "upload_median_ms") {
+            let _ = writeln!(
+                s,
+                "{}: accelerator time split (medians): upload {up:.2} ms, compute {:.2} ms, download {:.2} ms",
+                v["name"].as_str().unwrap_or("?"),
+                num(v, "compute_median_ms").unwrap_or(f64::NAN),
+                num(v, "download_median_ms").unwrap_or(f64::NAN),
+            );
+        }
     }
     if let Some(note) = r["reference_note"].as_str() {
         let _ = writeln!(s, "note: {note}");
