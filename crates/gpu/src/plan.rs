@@ -203,41 +203,30 @@ fn depthwise<T: Copy + Default>(
     if taps > DEPTHWISE_TAP_CAP {
         return Ok(None);
     }
-    let patch = |th: usize, tw: usize| {
-        ((th - 1) * c.stride[0] + (kh - 1) * c.dilation[0] + 1)
-            * ((tw - 1) * c.stride[1] + (kw - 1) * c.dilation[1] + 1)
+    let window = |side: usize| {
+        (
+            (side - 1) * c.stride[0] + (kh - 1) * c.dilation[0] + 1,
+            (side - 1) * c.stride[1] + (kw - 1) * c.dilation[1] + 1,
+        )
     };
-    // The largest output tile whose input patch fits, wide rows first (coalesced reads).
-    let candidates = [
-        (16, 16),
-        (8, 16),
-        (8, 8),
-        (4, 8),
-        (4, 4),
-        (2, 4),
-        (2, 2),
-        (1, 2),
-        (1, 1),
-    ];
-    let Some((th, tw)) = candidates
-        .iter()
-        .map(|&(th, tw)| (th.min(oh), tw.min(ow)))
-        .find(|&(th, tw)| patch(th, tw) <= cap)
-    else {
-        return Ok(None);
+    // The smallest power-of-two tile covering the plane (up to 16), so small planes share
+    // a workgroup among channels; a larger one where that does not fit.
+    let mut side = oh.max(ow).min(16).next_power_of_two();
+    let fits = |side: usize| {
+        let cpw = (16 / side) * (16 / side);
+        let (ph, pw) = window(side);
+        cpw * ph * pw <= cap && cpw * taps <= DEPTHWISE_TAP_CAP
     };
-    let psz = patch(th, tw);
-    // Small planes: several channels per workgroup so its 256 invocations have work.
-    let mut cpw = 1;
-    while cpw < o
-        && (cpw + 1) * th * tw <= 256
-        && (cpw + 1) * psz <= cap
-        && (cpw + 1) * taps <= DEPTHWISE_TAP_CAP
-    {
-        cpw += 1;
+    while !fits(side) {
+        if side == 16 {
+            return Ok(None);
+        }
+        side *= 2;
     }
-    let tiles_x = ow.div_ceil(tw);
-    let tiles_y = oh.div_ceil(th);
+    let cpw = (16 / side) * (16 / side);
+    let (ph, pw) = window(side);
+    let tiles_x = ow.div_ceil(side);
+    let tiles_y = oh.div_ceil(side);
     let p = DepthwiseParams {
         cin: u32_of(cin, "channels")?,
         og: u32_of(o / cin, "multiplier")?,
@@ -254,11 +243,11 @@ fn depthwise<T: Copy + Default>(
         dw: u32_of(c.dilation[1], "dilation")?,
         pt: u32_of(c.pads[0], "pad")?,
         pl: u32_of(c.pads[1], "pad")?,
-        th: th as u32,
-        tw: tw as u32,
+        side: side as u32,
+        lside: side.trailing_zeros(),
         cpw: cpw as u32,
-        ph: ((th - 1) * c.stride[0] + (kh - 1) * c.dilation[0] + 1) as u32,
-        pw: ((tw - 1) * c.stride[1] + (kw - 1) * c.dilation[1] + 1) as u32,
+        ph: ph as u32,
+        pw: pw as u32,
         tiles_x: u32_of(tiles_x, "tiles")?,
     };
     let mut weights = w.to_vec();

@@ -5,7 +5,7 @@
 //! re-laid out at load into zero-padded rows that the shader reads as `vec4`s, and B is
 //! gathered from the activation (implicit im2col through a per-layer table of tap
 //! offsets, or read as `vec4`s where the layout allows). A workgroup stages a BK-deep
-//! slice of A and B in workgroup memory and each of its 256 invocations keeps a TM × TN
+//! slice of A and B in workgroup memory and each of its invocations keeps a TM × TN
 //! block of accumulators in registers. Depthwise convolutions, where a GEMM would have one
 //! row, have their own kernel: a workgroup stages an input patch and the taps of a few
 //! channels and computes an output tile from them.
@@ -23,34 +23,38 @@ pub enum Arith {
     Ring,
 }
 
-/// Workgroup tile shapes. Every one has 256 invocations and needs at most 12 KiB of
-/// workgroup memory, inside WebGPU's guaranteed 16 KiB.
+/// Workgroup tile shapes. Each needs at most 12 KiB of workgroup memory, inside
+/// WebGPU's guaranteed 16 KiB, and at most 256 invocations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Tile {
-    /// 64 × 64 outputs, 4 × 4 per invocation: layers with many filters and pixels.
+    /// 64 × 64 outputs: layers with many filters and pixels. f32 keeps 8 × 8 per
+    /// invocation (64 invocations); the ring's accumulators are twice as wide and its
+    /// multiply-add needs temporaries, so it keeps 4 × 4 (256 invocations).
     Big,
     /// 16 filters × 128 pixels, 1 × 8 per invocation: few filters per group.
     Narrow,
-    /// 256 filters × 4 columns: dense layers on a single row (matrix-vector).
+    /// 64 filters × 4 columns: dense layers on a single row (matrix-vector).
     Gemv,
 }
 
 impl Tile {
     /// (BM, BN, BK, TM, TN)
-    pub fn dims(self) -> (u32, u32, u32, u32, u32) {
+    pub fn dims(self, arith: Arith) -> (u32, u32, u32, u32, u32) {
         match self {
-            Tile::Big => (64, 64, 16, 4, 4),
+            Tile::Big if arith == Arith::Ring => (64, 64, 16, 4, 4),
+            Tile::Big => (64, 64, 16, 8, 8),
             Tile::Narrow => (16, 128, 8, 1, 8),
-            Tile::Gemv => (256, 4, 8, 1, 4),
+            Tile::Gemv => (64, 4, 16, 1, 4),
         }
     }
 
+    /// Rows and columns of the tile (the same in both arithmetics).
     pub fn bm(self) -> u32 {
-        self.dims().0
+        self.dims(Arith::F32).0
     }
 
     pub fn bn(self) -> u32 {
-        self.dims().1
+        self.dims(Arith::F32).1
     }
 
     /// The tile for a GEMM of `m` rows (filters per group) and `n` columns.
@@ -200,9 +204,10 @@ pub struct DepthwiseParams {
     pub dw: u32,
     pub pt: u32,
     pub pl: u32,
-    /// Output tile, channels per workgroup, input patch, tiles per row.
-    pub th: u32,
-    pub tw: u32,
+    /// Output tile side (a power of two up to 16) and its log2, channels per workgroup
+    /// ((16 / side)^2), input patch, tiles per row.
+    pub side: u32,
+    pub lside: u32,
     pub cpw: u32,
     pub ph: u32,
     pub pw: u32,
@@ -227,8 +232,8 @@ impl DepthwiseParams {
             self.dw,
             self.pt,
             self.pl,
-            self.th,
-            self.tw,
+            self.side,
+            self.lside,
             self.cpw,
             self.ph,
             self.pw,
@@ -245,8 +250,8 @@ struct D {
     cin: u32, og: u32, o: u32, h: u32,
     w: u32, oh: u32, ow: u32, kh: u32,
     kw: u32, sh: u32, sw: u32, dh: u32,
-    dw: u32, pt: u32, pl: u32, th: u32,
-    tw: u32, cpw: u32, ph: u32, pw: u32,
+    dw: u32, pt: u32, pl: u32, side: u32,
+    lside: u32, cpw: u32, ph: u32, pw: u32,
     tiles_x: u32, pad0: u32, pad1: u32, pad2: u32,
     pad3: vec4<u32>, pad4: vec4<u32>,
 }
@@ -301,10 +306,12 @@ fn fill(template: &str, subs: &[(&str, String)]) -> String {
 }
 
 fn gemm(arith: Arith, tile: Tile, mode: Mode) -> String {
-    let (bm, bn, bk, tm, tn) = tile.dims();
+    let (bm, bn, bk, tm, tn) = tile.dims(arith);
     let tx = bn / tn;
     let ty = bm / tm;
-    assert_eq!(tx * ty, 256, "every tile has 256 invocations");
+    let wg = tx * ty;
+    // Gather / dense B loads give each invocation one column.
+    assert_eq!(wg % bn, 0, "a tile needs a multiple of BN invocations");
     let ring = arith == Arith::Ring;
     // Element types: staged A, staged B / accumulator, weight vectors, activations.
     let (sa, sb, wvec, zero_b) = if ring {
@@ -312,8 +319,6 @@ fn gemm(arith: Arith, tile: Tile, mode: Mode) -> String {
     } else {
         ("f32", "f32", "vec4<f32>", "0.0")
     };
-    // Values per vector load of the activation in pointwise mode.
-    let vw: u32 = if ring { 2 } else { 4 };
     let x_elem = match (mode, ring) {
         (Mode::Pointwise, false) => "vec4<f32>",
         (Mode::Pointwise, true) => "vec4<u32>",
@@ -383,7 +388,7 @@ fn gemm(arith: Arith, tile: Tile, mode: Mode) -> String {
         }
         Mode::Pointwise => {
             if ring {
-                "for (var i = lid; i < $BKu * $BNu / 2u; i += 256u) {
+                "for (var i = lid; i < $BKu * $BNu / 2u; i += $WGu) {
             let kk = i / ($BNu / 2u);
             let c = i % ($BNu / 2u);
             let k = k0 + kk;
@@ -396,7 +401,7 @@ fn gemm(arith: Arith, tile: Tile, mode: Mode) -> String {
             Bs[kk * $BNu + c * 2u + 1u] = v.zw;
         }"
             } else {
-                "for (var i = lid; i < $BKu * $BNu / 4u; i += 256u) {
+                "for (var i = lid; i < $BKu * $BNu / 4u; i += $WGu) {
             let kk = i / ($BNu / 4u);
             let c = i % ($BNu / 4u);
             let k = k0 + kk;
@@ -413,62 +418,83 @@ fn gemm(arith: Arith, tile: Tile, mode: Mode) -> String {
             }
         }
     };
-    let inner = if ring {
-        "var wu: array<u32, $TM>;
-            var a0: array<u32, $TM>;
-            var a1: array<u32, $TM>;
-            var nm: array<u32, $TM>;
-            for (var i = 0u; i < $TMu; i++) {
-                let w = As[kk * $BMu + ty + i * $TYu];
-                wu[i] = w;
-                a0[i] = w & 0xffffu;
-                a1[i] = w >> 16u;
-                nm[i] = bitcast<u32>(bitcast<i32>(w) >> 31u);
+    // The register tile as named scalars, unrolled here: private arrays indexed in loops
+    // are left in memory by some compilers (llvmpipe's among them).
+    let mut inner = String::new();
+    for i in 0..tm {
+        if ring {
+            inner += &format!(
+                "let w{i} = As[kk * $BMu + ty + {}u];
+            let a0_{i} = w{i} & 0xffffu;
+            let a1_{i} = w{i} >> 16u;
+            let nm{i} = bitcast<u32>(bitcast<i32>(w{i}) >> 31u);
+            ",
+                i * ty
+            );
+        } else {
+            inner += &format!("let a{i} = As[kk * $BMu + ty + {}u];\n            ", i * ty);
+        }
+    }
+    for j in 0..tn {
+        if ring {
+            inner += &format!(
+                "let x{j} = Bs[kk * $BNu + tx + {}u];
+            let b0_{j} = x{j}.x & 0xffffu;
+            let b1_{j} = x{j}.x >> 16u;
+            ",
+                j * tx
+            );
+        } else {
+            inner += &format!("let x{j} = Bs[kk * $BNu + tx + {}u];\n            ", j * tx);
+        }
+    }
+    for i in 0..tm {
+        for j in 0..tn {
+            if ring {
+                inner += &format!(
+                    "acc{i}_{j} = mac(acc{i}_{j}, w{i}, a0_{i}, a1_{i}, nm{i}, x{j}.x, x{j}.y, b0_{j}, b1_{j});\n            "
+                );
+            } else {
+                inner += &format!("acc{i}_{j} = fma(a{i}, x{j}, acc{i}_{j});\n            ");
             }
-            var xl: array<u32, $TN>;
-            var xh: array<u32, $TN>;
-            var b0: array<u32, $TN>;
-            var b1: array<u32, $TN>;
-            for (var j = 0u; j < $TNu; j++) {
-                let x = Bs[kk * $BNu + tx + j * $TXu];
-                xl[j] = x.x;
-                xh[j] = x.y;
-                b0[j] = x.x & 0xffffu;
-                b1[j] = x.x >> 16u;
-            }
-            for (var i = 0u; i < $TMu; i++) {
-                for (var j = 0u; j < $TNu; j++) {
-                    acc[i * $TNu + j] = mac(acc[i * $TNu + j], wu[i], a0[i], a1[i], nm[i], xl[j], xh[j], b0[j], b1[j]);
-                }
-            }"
-    } else {
-        "var a: array<f32, $TM>;
-            var x: array<f32, $TN>;
-            for (var i = 0u; i < $TMu; i++) {
-                a[i] = As[kk * $BMu + ty + i * $TYu];
-            }
-            for (var j = 0u; j < $TNu; j++) {
-                x[j] = Bs[kk * $BNu + tx + j * $TXu];
-            }
-            for (var i = 0u; i < $TMu; i++) {
-                for (var j = 0u; j < $TNu; j++) {
-                    acc[i * $TNu + j] = fma(a[i], x[j], acc[i * $TNu + j]);
-                }
-            }"
-    };
-    let store = match mode {
-        Mode::Dense => "yb[n * p.m + m] = acc[i * $TNu + j];",
+        }
+    }
+    let mut accs = String::new();
+    for i in 0..tm {
+        for j in 0..tn {
+            accs += &format!("var acc{i}_{j} = $ZB;\n    ");
+        }
+    }
+    let store_one = match mode {
+        Mode::Dense => "yb[n * p.m + m] = $ACCV;",
         _ => {
-            "let pix = ((n / p.ncols) * p.oys + p.oyo) * p.ow + (n % p.ncols) * p.oxs + p.oxo;
-                    yb[(b * p.o + gi * p.m + m) * p.ohw + pix] = acc[i * $TNu + j];"
+            "yb[(b * p.o + gi * p.m + m) * p.ohw + ((n / p.ncols) * p.oys + p.oyo) * p.ow + (n % p.ncols) * p.oxs + p.oxo] = $ACCV;"
         }
     };
+    let mut store = String::new();
+    for i in 0..tm {
+        for j in 0..tn {
+            store += &format!(
+                "{{
+        let m = m0 + ty + {}u;
+        let n = n0 + tx + {}u;
+        if (m < p.m && n < p.n) {{
+            {}
+        }}
+    }}
+    ",
+                i * ty,
+                j * tx,
+                store_one.replace("$ACCV", &format!("acc{i}_{j}"))
+            );
+        }
+    }
     let table = if mode == Mode::Gather {
         "@group(0) @binding(4) var<storage, read> tab: array<vec4<i32>>;"
     } else {
         ""
     };
-    let rp = 256 / bn; // B rows one pass of the workgroup loads (gather / dense)
+    let rp = (wg / bn).max(1); // B rows one pass of the workgroup loads (gather / dense)
     let template = "
 $PARAMS
 $MAC
@@ -481,7 +507,7 @@ $TABLE
 var<workgroup> As: array<$SA, $ASIZE>;
 var<workgroup> Bs: array<$SB, $BSIZE>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size($WG)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let gi = wg.z % p.groups;
     let b = wg.z / p.groups;
@@ -493,9 +519,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     // A rows of this tile, in vec4 units (a_off, a_gs and kpad are multiples of 4).
     let a_base = (p.a_off + gi * p.a_gs + m0 * p.kpad) / 4u;
     let a_row = p.kpad / 4u;
-    var acc: array<$SB, $ACC>;
+    $ACCS
     for (var k0 = 0u; k0 < p.kpad; k0 += $BKu) {
-        for (var i = lid; i < $BMu * $BKu / 4u; i += 256u) {
+        for (var i = lid; i < $BMu * $BKu / 4u; i += $WGu) {
             let r = i / ($BKu / 4u);
             let c = i % ($BKu / 4u);
             let v = wa[a_base + r * a_row + k0 / 4u + c];
@@ -508,15 +534,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < $TMu; i++) {
-        let m = m0 + ty + i * $TYu;
-        for (var j = 0u; j < $TNu; j++) {
-            let n = n0 + tx + j * $TXu;
-            if (m < p.m && n < p.n) {
-                $STORE
-            }
-        }
-    }
+    $STORE
 }
 ";
     // Statements first: they contain tokens filled in the second round.
@@ -525,12 +543,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         &[
             ("BSETUP", b_setup.into()),
             ("BLOAD", b_load.into()),
-            ("INNER", inner.into()),
-            ("STORE", store.into()),
+            ("INNER", inner),
+            ("STORE", store),
+            ("ACCS", accs),
             ("ASTORE", a_store.into()),
         ],
     );
-    let _ = vw;
     fill(
         &s,
         &[
@@ -544,7 +562,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
             ("ZB", zero_b.into()),
             ("ASIZE", (bm * bk).to_string()),
             ("BSIZE", (bk * bn).to_string()),
-            ("ACC", (tm * tn).to_string()),
             ("BPASSES", bk.div_ceil(rp).to_string()),
             ("RP", rp.to_string()),
             ("BM", bm.to_string()),
@@ -553,11 +570,16 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
             ("TM", tm.to_string()),
             ("TN", tn.to_string()),
             ("TX", tx.to_string()),
+            ("WG", wg.to_string()),
             ("TY", ty.to_string()),
         ],
     )
 }
 
+/// A 16 × 16 workgroup holds (16 / side)^2 channels' side × side output tiles, one
+/// output per invocation: the tiles' input patches and taps are staged in workgroup
+/// memory and every index is a shift or a mask (no integer division per element, which
+/// GPUs and software rasterisers alike emulate slowly).
 fn depthwise(arith: Arith) -> String {
     let ring = arith == Arith::Ring;
     let (sa, sb, welem, zero_a, zero_b, load_w) = if ring {
@@ -567,15 +589,15 @@ fn depthwise(arith: Arith) -> String {
             "i32",
             "0u",
             "vec2<u32>(0u, 0u)",
-            "bitcast<u32>(wa[oc * kk + e % kk])",
+            "bitcast<u32>(wa[oc * kk + t])",
         )
     } else {
-        ("f32", "f32", "f32", "0.0", "0.0", "wa[oc * kk + e % kk]")
+        ("f32", "f32", "f32", "0.0", "0.0", "wa[oc * kk + t]")
     };
     let tap = if ring {
         "let w = wts[wrow + ky * p.kw + kx];
-                    let x = tilein[prow + (ly * p.sh + ky * p.dh) * p.pw + lx * p.sw + kx * p.dw];
-                    acc = mac(acc, w, w & 0xffffu, w >> 16u, bitcast<u32>(bitcast<i32>(w) >> 31u), x.x, x.y, x.x & 0xffffu, x.x >> 16u);"
+                let x = tilein[prow + (ly * p.sh + ky * p.dh) * p.pw + lx * p.sw + kx * p.dw];
+                acc = mac(acc, w, w & 0xffffu, w >> 16u, bitcast<u32>(bitcast<i32>(w) >> 31u), x.x, x.y, x.x & 0xffffu, x.x >> 16u);"
     } else {
         "acc = fma(wts[wrow + ky * p.kw + kx], tilein[prow + (ly * p.sh + ky * p.dh) * p.pw + lx * p.sw + kx * p.dw], acc);"
     };
@@ -590,56 +612,51 @@ $MAC
 var<workgroup> tilein: array<$SB, $PCAP>;
 var<workgroup> wts: array<$SA, $WCAP>;
 
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+@compute @workgroup_size(16, 16)
+fn main(@builtin(local_invocation_id) li: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
     let b = wg.z;
-    let c0 = wg.y * p.cpw;
-    let oy0 = (wg.x / p.tiles_x) * p.th;
-    let ox0 = (wg.x % p.tiles_x) * p.tw;
-    let psz = p.ph * p.pw;
+    let sub = (li.y >> p.lside) * (16u >> p.lside) + (li.x >> p.lside);
+    let ly = li.y & (p.side - 1u);
+    let lx = li.x & (p.side - 1u);
+    let oc = wg.y * p.cpw + sub;
+    let live = oc < p.o;
+    let oy0 = (wg.x / p.tiles_x) * p.side;
+    let ox0 = (wg.x % p.tiles_x) * p.side;
+    let prow = sub * p.ph * p.pw;
     let iy0 = i32(oy0 * p.sh) - i32(p.pt);
     let ix0 = i32(ox0 * p.sw) - i32(p.pl);
-    for (var e = lid; e < p.cpw * psz; e += 256u) {
-        let oc = c0 + e / psz;
-        let r = e % psz;
-        let iy = iy0 + i32(r / p.pw);
-        let ix = ix0 + i32(r % p.pw);
-        var v = $ZB;
-        if (oc < p.o && iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w)) {
-            v = xb[((b * p.cin + oc / p.og) * p.h + u32(iy)) * p.w + u32(ix)];
+    let xplane = (b * p.cin + oc / p.og) * p.h * p.w;
+    for (var r = ly; r < p.ph; r += p.side) {
+        let iy = iy0 + i32(r);
+        for (var q = lx; q < p.pw; q += p.side) {
+            let ix = ix0 + i32(q);
+            var v = $ZB;
+            if (live && iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w)) {
+                v = xb[xplane + u32(iy) * p.w + u32(ix)];
+            }
+            tilein[prow + r * p.pw + q] = v;
         }
-        tilein[e] = v;
     }
     let kk = p.kh * p.kw;
-    for (var e = lid; e < p.cpw * kk; e += 256u) {
-        let oc = c0 + e / kk;
+    let wrow = sub * kk;
+    for (var t = ly * p.side + lx; t < kk; t += p.side * p.side) {
         var v = $ZA;
-        if (oc < p.o) {
+        if (live) {
             v = $LOADW;
         }
-        wts[e] = v;
+        wts[wrow + t] = v;
     }
     workgroupBarrier();
-    let tsz = p.th * p.tw;
-    for (var e = lid; e < p.cpw * tsz; e += 256u) {
-        let c = e / tsz;
-        let r = e % tsz;
-        let ly = r / p.tw;
-        let lx = r % p.tw;
-        let oc = c0 + c;
-        let oy = oy0 + ly;
-        let ox = ox0 + lx;
-        if (oc < p.o && oy < p.oh && ox < p.ow) {
-            let prow = c * psz;
-            let wrow = c * kk;
-            var acc = $ZB;
-            for (var ky = 0u; ky < p.kh; ky++) {
-                for (var kx = 0u; kx < p.kw; kx++) {
-                    $TAP
-                }
+    let oy = oy0 + ly;
+    let ox = ox0 + lx;
+    if (live && oy < p.oh && ox < p.ow) {
+        var acc = $ZB;
+        for (var ky = 0u; ky < p.kh; ky++) {
+            for (var kx = 0u; kx < p.kw; kx++) {
+                $TAP
             }
-            yb[((b * p.o + oc) * p.oh + oy) * p.ow + ox] = acc;
         }
+        yb[((b * p.o + oc) * p.oh + oy) * p.ow + ox] = acc;
     }
 }
 ";

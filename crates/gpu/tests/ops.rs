@@ -142,6 +142,18 @@ fn cases() -> Vec<(&'static str, LinearKind, Vec<usize>, Vec<usize>)> {
             vec![64, 1, 3, 3],
         ),
         (
+            "depthwise tiny planes",
+            conv(3, 1, [1; 4], 1, 40),
+            vec![1, 40, 2, 3],
+            vec![40, 1, 3, 3],
+        ),
+        (
+            "depthwise 7x7 window, 12x20 plane",
+            conv(7, 1, [3; 4], 1, 3),
+            vec![1, 3, 12, 20],
+            vec![3, 1, 7, 7],
+        ),
+        (
             "depthwise dilation 40 (GEMM fallback)",
             conv(3, 1, [0; 4], 40, 2),
             vec![1, 2, 85, 85],
@@ -164,6 +176,18 @@ fn cases() -> Vec<(&'static str, LinearKind, Vec<usize>, Vec<usize>)> {
             conv(1, 1, [0; 4], 1, 2),
             vec![1, 16, 3, 6],
             vec![20, 8, 1, 1],
+        ),
+        (
+            "pointwise few filters",
+            conv(1, 1, [0; 4], 1, 1),
+            vec![1, 12, 4, 6],
+            vec![16, 12, 1, 1],
+        ),
+        (
+            "pointwise 2x2 plane (gemv tile)",
+            conv(1, 1, [0; 4], 1, 1),
+            vec![1, 32, 2, 2],
+            vec![40, 32, 1, 1],
         ),
         (
             "conv1x1 strided",
@@ -234,6 +258,37 @@ fn out_shape(kind: &LinearKind, x: &[usize], w: &[usize]) -> Vec<usize> {
         .remove(0)
 }
 
+/// The cases reach every shader: both arithmetics, every tile shape in every mode, and
+/// the depthwise kernel.
+#[test]
+fn cases_cover_every_shader() {
+    use shadownet_gpu::plan::plan;
+    use shadownet_gpu::shaders::{Arith, Mode, ShaderKey, Tile};
+    use std::collections::HashSet;
+    let mut used = HashSet::new();
+    for (name, kind, xs, ws) in cases() {
+        let out = out_shape(&kind, &xs, &ws);
+        let n: usize = ws.iter().product();
+        for arith in [Arith::F32, Arith::Ring] {
+            let p = plan(&kind, arith, &xs, &ws, &vec![0f32; n], &out)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            used.extend(p.passes.iter().map(|p| p.key));
+        }
+    }
+    for arith in [Arith::F32, Arith::Ring] {
+        assert!(
+            used.contains(&ShaderKey::Depthwise { arith }),
+            "{arith:?} depthwise"
+        );
+        for tile in [Tile::Big, Tile::Narrow, Tile::Gemv] {
+            for mode in [Mode::Gather, Mode::Pointwise, Mode::Dense] {
+                let key = ShaderKey::Gemm { arith, tile, mode };
+                assert!(used.contains(&key), "no case runs {key:?}");
+            }
+        }
+    }
+}
+
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.shape, b.shape);
     let scale = b
@@ -276,6 +331,7 @@ fn f32_ops_match_the_cpu_backend() {
     let mut g = gpu();
     g.load_layers(&specs).unwrap();
     // Twice, in opposite orders: the shared activation buffers carry nothing over.
+    let mut worst = (0f32, "");
     for round in 0..2 {
         for i in 0..cases.len() {
             let i = if round == 0 { i } else { cases.len() - 1 - i };
@@ -289,8 +345,12 @@ fn f32_ops_match_the_cpu_backend() {
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             let e = rel_err(&got, &want);
             assert!(e <= 1e-5, "{name}: relative error {e:.2e}");
+            if e > worst.0 {
+                worst = (e, name);
+            }
         }
     }
+    eprintln!("f32: largest relative error {:.2e} ({})", worst.0, worst.1);
     let t = g.timings().take();
     assert_eq!(t.calls, 2 * cases.len() as u64);
     assert!(t.compute > std::time::Duration::ZERO);
