@@ -21,8 +21,39 @@ else
     echo "test.sh: cannot install the thumbv7em-none-eabihf target; skipping the no_std build" >&2
 fi
 
+# The GPU backend's tests (crates/gpu, which `--workspace` includes, and the cli feature
+# `gpu`) need a Vulkan device: without one, install Mesa's software driver (lavapipe).
+# Should there still be no adapter, those tests fail and say why.
+have_vulkan_device() {
+    # (grep without -q: with pipefail, ldconfig killed by an early exit would count.)
+    ldconfig -p 2>/dev/null | grep 'libvulkan\.so\.1' >/dev/null || return 1
+    local f icd=0 dev=0
+    for f in /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json; do
+        [ -e "$f" ] || continue
+        case "$f" in *lvp_icd*) return 0 ;; esac
+        icd=1
+    done
+    for f in /dev/dri/renderD* /dev/nvidia0; do [ -e "$f" ] && dev=1; done
+    [ "$icd" = 1 ] && [ "$dev" = 1 ]
+}
+if ! have_vulkan_device; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: no Vulkan device; installing Mesa's lavapipe" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null \
+            || { apt-get update -qq && apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null; }
+    else
+        echo "test.sh: no Vulkan device, and cannot apt-get install mesa-vulkan-drivers libvulkan1" >&2
+    fi
+fi
+# Mesa warns on every adapter query without it.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+
 cargo test --workspace --release
 
 # The integrity check against every lying-accelerator mode, 1000 trials each, plus 1000
 # clean runs (ignored by `cargo test` alone: it takes a few minutes).
 cargo test --release -p shadownet --test integrity -- --ignored --nocapture
+
+# Secure inference with the GPU accelerator equals plain (cli built with `--features gpu`).
+cargo test --release -p shadownet --features gpu --test secure_gpu
