@@ -55,5 +55,7 @@ cargo test --workspace --release
 # clean runs (ignored by `cargo test` alone: it takes a few minutes).
 cargo test --release -p shadownet --test integrity -- --ignored --nocapture
 
-# Secure inference with the GPU accelerator equals plain (cli built with `--features gpu`).
-cargo test --release -p shadownet --features gpu --test secure_gpu
+# Secure inference with the GPU accelerator equals plain (cli built with its feature
+# `gpu`). `--workspace` resolves every dependency's features as above, so only the cli
+# builds again; `-p shadownet` alone resolved them anew and rebuilt for ~10 minutes here.
+cargo test --workspace --release --features shadownet/gpu --test secure_gpu

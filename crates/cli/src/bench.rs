@@ -211,6 +211,8 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    // An accelerator this build lacks is an error before any conversion.
+    crate::accel::make(args.accelerator)?;
     let threads = rayon::current_num_threads();
     let shapes = args
         .input_shapes
