@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use shadownet_ir::{Graph, Tensor};
 use shadownet_trusted::{LinearKind, PublicPackage};
 use shadownet_untrusted::accel::Observed;
-use shadownet_untrusted::{CpuAccelerator, SecureModel, SpyAccelerator};
+use shadownet_untrusted::{Accelerator, CpuAccelerator, SecureModel, SpyAccelerator};
 
 use crate::secure::{self, EnclaveMode};
 use fake_partner::Protection;
@@ -62,6 +62,9 @@ pub struct AttackArgs {
     /// Seed of the attacker's randomness (probes, victim input, baseline guesses).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// What runs the package's public layers while the attacker watches.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub accelerator: crate::accel::AcceleratorKind,
 }
 
 /// A small seeded generator (splitmix64 + Box–Muller) for the attacker's choices.
@@ -108,7 +111,12 @@ impl SpyOracle {
     /// Opens the package on this device (its trusted core reads the key) with a spying
     /// CPU accelerator.
     pub fn open(pkg: &Path, key: &Path) -> Result<Self> {
-        let spy = SpyAccelerator::new(CpuAccelerator::new());
+        Self::open_with(pkg, key, Box::new(CpuAccelerator::new()))
+    }
+
+    /// The same with `backend` under the spy.
+    pub fn open_with(pkg: &Path, key: &Path, backend: Box<dyn Accelerator>) -> Result<Self> {
+        let spy = SpyAccelerator::new(backend);
         let seen = spy.seen.clone();
         let mut model = secure::open(pkg, key, EnclaveMode::Inproc, Box::new(spy))?;
         // Hardened packages need a one-time mask per inference: the trusted core draws them
@@ -475,7 +483,28 @@ pub fn run(
     queries: usize,
     seed: u64,
 ) -> Result<Report> {
-    let mut oracle = SpyOracle::open(pkg, key)?;
+    run_with(
+        pkg,
+        key,
+        reference,
+        kind,
+        queries,
+        seed,
+        Box::new(CpuAccelerator::new()),
+    )
+}
+
+/// [`run`] with `backend` running the package's public layers.
+pub fn run_with(
+    pkg: &Path,
+    key: &Path,
+    reference: &Path,
+    kind: AttackKind,
+    queries: usize,
+    seed: u64,
+    backend: Box<dyn Accelerator>,
+) -> Result<Report> {
+    let mut oracle = SpyOracle::open_with(pkg, key, backend)?;
     let public = oracle.public().clone();
     let g = shadownet_import::load_model(reference, &public.inputs)
         .with_context(|| format!("cannot load reference model {}", reference.display()))?
@@ -499,7 +528,16 @@ pub fn run(
 }
 
 pub fn cmd(a: &AttackArgs) -> Result<()> {
-    let r = run(&a.pkg, &a.key, &a.reference, a.kind, a.queries, a.seed)?;
+    let backend = crate::accel::make(a.accelerator)?.backend;
+    let r = run_with(
+        &a.pkg,
+        &a.key,
+        &a.reference,
+        a.kind,
+        a.queries,
+        a.seed,
+        backend,
+    )?;
     if a.json {
         println!("{}", r.to_json());
     } else {

@@ -16,8 +16,9 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use shadownet_ir::Tensor;
 use shadownet_trusted::Scheme;
-use shadownet_untrusted::{CpuAccelerator, SecureModel};
+use shadownet_untrusted::SecureModel;
 
+use crate::accel::{AcceleratorKind, SplitReader};
 use crate::secure::{self, EnclaveMode};
 use crate::{keys, plain};
 
@@ -52,6 +53,10 @@ pub struct BenchArgs {
     /// Where the trusted core runs: inproc, process (default: both).
     #[arg(long, value_delimiter = ',')]
     pub enclaves: Vec<String>,
+    /// What runs the secure variants' public layers. With gpu the report splits the
+    /// accelerator's time into upload, compute and download.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub accelerator: AcceleratorKind,
 }
 
 /// Latency summary in milliseconds.
@@ -147,6 +152,9 @@ struct SecureVariant {
     kept_layers: usize,
     /// Peak heap of the enclave process (counting allocator), process mode only.
     trusted_peak: Option<u64>,
+    /// GPU: reads the accelerator's [upload, compute, download] ms, and their samples.
+    split: Option<SplitReader>,
+    split_samples: Vec<[f64; 3]>,
 }
 
 /// A temporary directory removed on drop (holds the device key for the enclave process).
@@ -213,6 +221,8 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    // An accelerator this build lacks is an error before any conversion.
+    crate::accel::make(args.accelerator)?;
     let threads = rayon::current_num_threads();
     let shapes = args
         .input_shapes
@@ -240,6 +250,7 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
     let dev = keys::TestDevice::new(&tmp.0)?;
 
     let mut variants: Vec<SecureVariant> = Vec::new();
+    let mut device = String::from("cpu");
     for &scheme in SCHEMES {
         if !args.schemes.is_empty() && !args.schemes.iter().any(|s| s == scheme.name()) {
             continue;
@@ -270,11 +281,13 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
             if !args.enclaves.is_empty() && !args.enclaves.iter().any(|e| e == mode_name) {
                 continue;
             }
+            let made = crate::accel::make(args.accelerator)?;
+            device = made.device.clone();
             let mut model = secure::open(
                 &pkg_dir,
                 &dev.device_key,
                 mode,
-                Box::new(CpuAccelerator::new()),
+                made.backend,
             )
             .with_context(|| format!("cannot open the {} package ({mode_name})", scheme.name()))?;
             let (mut precompute_ms_per_inference, mut pool_bytes_per_inference) = (None, None);
@@ -302,6 +315,8 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
                 rest: Vec::with_capacity(args.runs),
                 max_rel_err: 0.0,
                 trusted_peak: None,
+                split: made.split,
+                split_samples: Vec::with_capacity(args.runs),
             });
         }
     }
@@ -332,6 +347,9 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
                 .infer(xs.clone())
                 .with_context(|| format!("{} inference failed", v.name))?;
             let inputs = xs.clone();
+            if let Some(split) = &mut v.split {
+                split(); // only the timed run's share
+            }
             let t0 = Instant::now();
             let y = v
                 .model
@@ -347,6 +365,9 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
                 let accel = v.model.last.accel.as_secs_f64() * 1e3;
                 v.accel.push(accel);
                 v.rest.push(dt - accel);
+                if let Some(split) = &mut v.split {
+                    v.split_samples.push(split());
+                }
             }
         }
     }
@@ -400,6 +421,14 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         j["precompute_ms_per_inference"] = json!(v.precompute_ms_per_inference);
         j["pool_bytes_per_inference"] = json!(v.pool_bytes_per_inference);
         j["max_rel_err"] = json!(v.max_rel_err);
+        if !v.split_samples.is_empty() {
+            let med = |i: usize| {
+                Stats::of(&v.split_samples.iter().map(|s| s[i]).collect::<Vec<_>>()).median
+            };
+            j["upload_median_ms"] = json!(med(0));
+            j["compute_median_ms"] = json!(med(1));
+            j["download_median_ms"] = json!(med(2));
+        }
         out_variants.push(j);
     }
     let total_macs: u64 = g.nodes.iter().map(|n| g.macs(n)).sum();
@@ -412,6 +441,8 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
             .collect::<Vec<_>>(),
         "gflops": 2.0 * total_macs as f64 / 1e9,
         "threads": threads,
+        "accelerator": args.accelerator.name(),
+        "accelerator_device": device,
         "runs": args.runs,
         "warmup": args.warmup,
         "seed": args.seed,
@@ -560,6 +591,25 @@ pub fn table(r: &Value) -> String {
             num(v, "convert_s").unwrap_or(0.0),
             num(v, "max_rel_err").unwrap_or(0.0),
         );
+    }
+    if r["accelerator"].as_str().is_some_and(|a| a != "cpu") {
+        let _ = writeln!(
+            s,
+            "accelerator: {} ({})",
+            r["accelerator"].as_str().unwrap_or("?"),
+            r["accelerator_device"].as_str().unwrap_or("?")
+        );
+    }
+    for v in r["variants"].as_array().into_iter().flatten() {
+        if let Some(up) = num(v, "upload_median_ms") {
+            let _ = writeln!(
+                s,
+                "{}: accelerator time split (medians): upload {up:.2} ms, compute {:.2} ms, download {:.2} ms",
+                v["name"].as_str().unwrap_or("?"),
+                num(v, "compute_median_ms").unwrap_or(f64::NAN),
+                num(v, "download_median_ms").unwrap_or(f64::NAN),
+            );
+        }
     }
     if let Some(note) = r["reference_note"].as_str() {
         let _ = writeln!(s, "note: {note}");

@@ -56,6 +56,9 @@ enum Cmd {
         /// one-time masks on the spot (slow) instead of refusing.
         #[arg(long)]
         allow_slow_masks: bool,
+        /// What runs the package's public layers (packages only).
+        #[arg(long, value_enum, default_value = "cpu")]
+        accelerator: shadownet::accel::AcceleratorKind,
     },
     /// Precompute one-time masks for a hardened package (run by the trusted core, offline).
     Precompute {
@@ -178,6 +181,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             key,
             enclave,
             allow_slow_masks,
+            accelerator,
         } => {
             if model.is_dir() {
                 let key =
@@ -186,6 +190,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     &model,
                     &key,
                     enclave,
+                    accelerator,
                     allow_slow_masks,
                     &inputs,
                     output.as_deref(),
@@ -392,11 +397,16 @@ fn cmd_run_secure(
     pkg: &Path,
     key: &Path,
     mode: EnclaveMode,
+    accelerator: shadownet::accel::AcceleratorKind,
     allow_slow_masks: bool,
     inputs: &[String],
     output: Option<&Path>,
 ) -> Result<()> {
-    let mut sm = secure::open_cpu(pkg, key, mode)?;
+    let accel = shadownet::accel::make(accelerator)?;
+    if accelerator != shadownet::accel::AcceleratorKind::Cpu {
+        eprintln!("accelerator: {}", accel.device);
+    }
+    let mut sm = secure::open(pkg, key, mode, accel.backend)?;
     sm.allow_slow_masks = allow_slow_masks;
     let names: Vec<String> = sm
         .public

@@ -142,3 +142,41 @@ fn missing_and_unknown_inputs_are_named() {
     let (ok, err) = run(&["run", "/nonexistent/model.onnx", "--input", p(&input)]);
     assert!(!ok && err.contains("cannot read"), "{err}");
 }
+
+/// `--accelerator gpu` in a build without the GPU backend says how to get it.
+#[cfg(not(feature = "gpu"))]
+#[test]
+fn gpu_accelerator_needs_the_gpu_build() {
+    let d = tmpdir("gpu");
+    let model = demo_model();
+    for args in [
+        vec![
+            "run",
+            p(&d),
+            "--key",
+            "k",
+            "--input",
+            "x.npy",
+            "--accelerator",
+            "gpu",
+        ],
+        vec!["bench", p(&model), "--accelerator", "gpu"],
+        vec![
+            "attack",
+            p(&d),
+            "--key",
+            "k",
+            "--reference",
+            p(&model),
+            "--accelerator",
+            "gpu",
+        ],
+    ] {
+        let (ok, err) = run(&args);
+        assert!(!ok, "{args:?}");
+        assert!(
+            err.contains("rebuild with --features gpu"),
+            "{args:?}: {err}"
+        );
+    }
+}

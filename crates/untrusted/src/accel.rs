@@ -46,6 +46,21 @@ pub trait Accelerator: Send {
     fn run_ring(&mut self, layer: u32, input: &RingTensor) -> Result<RingTensor>;
 }
 
+impl<A: Accelerator + ?Sized> Accelerator for Box<A> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn load(&mut self, model: &PublicModel) -> Result<()> {
+        (**self).load(model)
+    }
+    fn run(&mut self, layer: u32, input: &Tensor) -> Result<Tensor> {
+        (**self).run(layer, input)
+    }
+    fn run_ring(&mut self, layer: u32, input: &RingTensor) -> Result<RingTensor> {
+        (**self).run_ring(layer, input)
+    }
+}
+
 /// The multi-threaded CPU backend: the host's fast kernels.
 #[derive(Default)]
 pub struct CpuAccelerator {
