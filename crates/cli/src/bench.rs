@@ -283,13 +283,10 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
             }
             let made = crate::accel::make(args.accelerator)?;
             device = made.device.clone();
-            let mut model = secure::open(
-                &pkg_dir,
-                &dev.device_key,
-                mode,
-                made.backend,
-            )
-            .with_context(|| format!("cannot open the {} package ({mode_name})", scheme.name()))?;
+            let mut model = secure::open(&pkg_dir, &dev.device_key, mode, made.backend)
+                .with_context(|| {
+                    format!("cannot open the {} package ({mode_name})", scheme.name())
+                })?;
             let (mut precompute_ms_per_inference, mut pool_bytes_per_inference) = (None, None);
             if scheme == Scheme::Hardened {
                 // Two inferences per iteration: the untimed one and the timed one.

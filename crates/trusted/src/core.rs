@@ -535,6 +535,13 @@ impl TrustedCore {
         }
         let g = &model.graph;
         validate_chunks(&model.chunks)?;
+        // A trace observes every node's value, so nothing runs fused behind its back (a
+        // fused activation leaves no pre-activation tensor to show). Release builds have
+        // no observer and always fuse.
+        #[cfg(feature = "debug-trace")]
+        let may_fuse = self.observer.is_none();
+        #[cfg(not(feature = "debug-trace"))]
+        let may_fuse = true;
         let mut layer_of = vec![None; g.nodes.len()];
         let mut kept_of = vec![None; g.nodes.len()];
         for (k, l) in model.layers.iter().enumerate() {
@@ -637,6 +644,7 @@ impl TrustedCore {
             let fused = g
                 .nodes
                 .get(l.node as usize + 1)
+                .filter(|_| may_fuse)
                 .and_then(|next| match next.op {
                     Op::Act(a)
                         if next.inputs[..] == [out]
@@ -681,9 +689,10 @@ impl TrustedCore {
             let end = info.get(k + 1).map_or(g.nodes.len(), |i| i.node);
             segment_chunks(&model, &layer_of, &kept_of, info[k].resume, end, &mut ids);
             // Paper: a value only the next outsourced layer reads goes straight into it.
-            if let (Some(next), Scheme::ShadowNet) = (
+            if let (Some(next), Scheme::ShadowNet, true) = (
                 layer_of.get(info[k].resume).copied().flatten(),
                 header.scheme,
+                may_fuse,
             ) {
                 let nn = &g.nodes[info[k].resume];
                 let v = info[k].value;
@@ -1105,7 +1114,7 @@ impl TrustedCore {
             _ => return Err(TeeError::BadResult { layer }),
         };
         #[cfg(feature = "debug-trace")]
-        if let (Some(f), None) = (self.observer.as_mut(), info.forward) {
+        if let Some(f) = self.observer.as_mut() {
             if info.act.is_some() {
                 f(info.node, Some(layer), &[]);
             }
