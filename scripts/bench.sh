@@ -149,8 +149,17 @@ notes = [r.get("reference_note") for _, r, _ in rows if r.get("reference_note")]
 if notes:
     lines += ["", "Notes: " + "; ".join(sorted(set(notes)))]
 lines += ["", "![latency per model](benchmarks.png)", ""]
-with open(os.path.join(docs, "benchmarks.md"), "w") as fh:
-    fh.write("\n".join(lines))
+# The GPU section (scripts/bench-gpu.sh writes it) is kept as it is.
+md = os.path.join(docs, "benchmarks.md")
+gpu_mark = "<!-- GPU section: scripts/bench-gpu.sh -->"
+kept = ""
+if os.path.exists(md):
+    with open(md) as fh:
+        old_md = fh.read()
+    if gpu_mark in old_md:
+        kept = old_md[old_md.index(gpu_mark):]
+with open(md, "w") as fh:
+    fh.write("\n".join(lines) + ("\n" + kept if kept else ""))
 
 def med(name):
     return lambda r, v: v.get(name, {}).get("median_ms")

@@ -30,6 +30,9 @@ WHEELS = [
         "mediapipe/modules/palm_detection/palm_detection_lite.tflite": "palm_detection_lite.tflite",
         "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite":
             "selfie_segmentation.tflite",
+        # Weights stored sparse (CSR blocks) in fp16, expanded by DENSIFY then DEQUANTIZE.
+        "mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite":
+            "face_detection_full_range_sparse.tflite",
     }),
 ]
 

@@ -54,10 +54,13 @@ def draw(rng, shape, dist):
     return rng.standard_normal(shape, dtype=np.float32)
 
 
-def run_onnx(path, overrides, rng, dist):
+def run_onnx(path, overrides, rng, dist, optimize=False):
     import onnxruntime as ort
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # Quantized models are referenced as users run them: with the default optimisations,
+    # which fuse QDQ groups into ONNX Runtime's integer kernels.
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     so.log_severity_level = 3
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     inputs = {}
@@ -113,13 +116,15 @@ def main():
                     help="concrete shape for an input with free dims (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dist", choices=("normal", "uniform"), default="normal")
+    ap.add_argument("--ort-optimize", action="store_true",
+                    help="run ONNX Runtime with its default graph optimisations")
     args = ap.parse_args()
 
     overrides = parse_shapes(args.input_shape)
     rng = np.random.default_rng(args.seed)
     ext = os.path.splitext(args.model)[1].lower()
     if ext == ".onnx":
-        inputs, outputs = run_onnx(args.model, overrides, rng, args.dist)
+        inputs, outputs = run_onnx(args.model, overrides, rng, args.dist, args.ort_optimize)
     elif ext == ".tflite":
         inputs, outputs = run_tflite(args.model, overrides, rng, args.dist)
     else:

@@ -16,8 +16,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use shadownet_ir::Tensor;
 use shadownet_trusted::Scheme;
-use shadownet_untrusted::{CpuAccelerator, Enclave, InProcEnclave, ProcessEnclave, SecureModel};
+use shadownet_untrusted::SecureModel;
 
+use crate::accel::{AcceleratorKind, SplitReader};
+use crate::secure::{self, EnclaveMode};
 use crate::{keys, plain};
 
 /// Every scheme the bench converts to. A new scheme only needs adding here.
@@ -45,6 +47,16 @@ pub struct BenchArgs {
     /// Seed of the N(0,1) input and of the conversion.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Schemes to time (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub schemes: Vec<String>,
+    /// Where the trusted core runs: inproc, process (default: both).
+    #[arg(long, value_delimiter = ',')]
+    pub enclaves: Vec<String>,
+    /// What runs the secure variants' public layers. With gpu the report splits the
+    /// accelerator's time into upload, compute and download.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub accelerator: AcceleratorKind,
 }
 
 /// Latency summary in milliseconds.
@@ -137,6 +149,12 @@ struct SecureVariant {
     accel: Vec<f64>,
     rest: Vec<f64>,
     max_rel_err: f32,
+    kept_layers: usize,
+    /// Peak heap of the enclave process (counting allocator), process mode only.
+    trusted_peak: Option<u64>,
+    /// GPU: reads the accelerator's [upload, compute, download] ms, and their samples.
+    split: Option<SplitReader>,
+    split_samples: Vec<[f64; 3]>,
 }
 
 /// A temporary directory removed on drop (holds the device key for the enclave process).
@@ -203,6 +221,8 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    // An accelerator this build lacks is an error before any conversion.
+    crate::accel::make(args.accelerator)?;
     let threads = rayon::current_num_threads();
     let shapes = args
         .input_shapes
@@ -224,18 +244,20 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         .collect::<Result<Vec<_>>>()?;
     let want = shadownet_cpu::run_graph(g, &xs).context("plain inference failed")?;
 
-    // One device key for every package; the enclave process reads it from a file.
+    // One device (trusting one vendor) for every package; the enclave process reads its
+    // key from a file.
     let tmp = TempDir::new()?;
-    let (sk_path, pk_path) = keys::keygen(&tmp.0, true)?;
-    let device_key = keys::read_secret_key(&sk_path)?;
-    let device_pub = keys::read_public_key(&pk_path)?;
-    let exe = std::env::current_exe().context("cannot locate the shadownet binary")?;
+    let dev = keys::TestDevice::new(&tmp.0)?;
 
     let mut variants: Vec<SecureVariant> = Vec::new();
+    let mut device = String::from("cpu");
     for &scheme in SCHEMES {
+        if !args.schemes.is_empty() && !args.schemes.iter().any(|s| s == scheme.name()) {
+            continue;
+        }
         let opts = shadownet_protect::Options {
             scheme,
-            seed: Some(args.seed),
+            insecure_seed: Some(args.seed),
             ..Default::default()
         };
         eprintln!(
@@ -245,26 +267,26 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         );
         let t0 = Instant::now();
         let c = shadownet_protect::convert(g, &opts, &mut |_, _| {})?;
-        let public = shadownet_protect::encode_public(&c.public);
-        let sealed = shadownet_protect::seal_secret(&c.secret, &device_pub, &public);
         let convert_s = t0.elapsed().as_secs_f64();
-        let layers = c.public.layers.len();
+        let layers = c.header.layers.len();
         // The package goes to disk so hardened runs can draw on a precomputed mask pool,
         // as they would on a device.
         let pkg_dir = tmp.0.join(scheme.name());
-        shadownet_protect::write_package(&pkg_dir, &public, &sealed)?;
-        for mode in ["inproc", "process"] {
-            let enclave: Box<dyn Enclave> = match mode {
-                "inproc" => Box::new(InProcEnclave::new(
-                    device_key,
-                    Box::new(shadownet_untrusted::FilePlatform::beside_key(&sk_path)),
-                )?),
-                _ => Box::new(ProcessEnclave::spawn(&exe, &sk_path)?),
+        secure::write(&c, &dev.device_pub, &dev.vendor_secret, &pkg_dir)?;
+        for mode in [EnclaveMode::Inproc, EnclaveMode::Process] {
+            let mode_name = match mode {
+                EnclaveMode::Inproc => "inproc",
+                EnclaveMode::Process => "process",
             };
-            let mut model = SecureModel::open(&pkg_dir, enclave, Box::new(CpuAccelerator::new()))
+            if !args.enclaves.is_empty() && !args.enclaves.iter().any(|e| e == mode_name) {
+                continue;
+            }
+            let made = crate::accel::make(args.accelerator)?;
+            device = made.device.clone();
+            let mut model = secure::open(&pkg_dir, &dev.device_key, mode, made.backend)
                 .with_context(|| {
-                format!("cannot open the {} package ({mode})", scheme.name())
-            })?;
+                    format!("cannot open the {} package ({mode_name})", scheme.name())
+                })?;
             let (mut precompute_ms_per_inference, mut pool_bytes_per_inference) = (None, None);
             if scheme == Scheme::Hardened {
                 // Two inferences per iteration: the untimed one and the timed one.
@@ -272,19 +294,15 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
                 let t0 = Instant::now();
                 let bytes = model.precompute(n, &mut |_, _| {})?;
                 precompute_ms_per_inference = Some(ms(t0) / n.max(1) as f64);
-                pool_bytes_per_inference = Some(bytes);
+                pool_bytes_per_inference = Some(bytes as usize);
             }
-            let name = match scheme {
-                Scheme::ShadowNet => format!("secure-{mode}"),
-                #[allow(unreachable_patterns)]
-                other => format!("secure-{}-{mode}", other.name()),
-            };
             variants.push(SecureVariant {
-                name,
+                name: format!("{}-{mode_name}", scheme.name()),
                 scheme,
-                enclave: mode,
+                enclave: mode_name,
                 model,
                 outsourced_layers: layers,
+                kept_layers: c.kept.len(),
                 convert_s,
                 precompute_ms_per_inference,
                 pool_bytes_per_inference,
@@ -293,6 +311,9 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
                 accel: Vec::with_capacity(args.runs),
                 rest: Vec::with_capacity(args.runs),
                 max_rel_err: 0.0,
+                trusted_peak: None,
+                split: made.split,
+                split_samples: Vec::with_capacity(args.runs),
             });
         }
     }
@@ -323,6 +344,9 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
                 .infer(xs.clone())
                 .with_context(|| format!("{} inference failed", v.name))?;
             let inputs = xs.clone();
+            if let Some(split) = &mut v.split {
+                split(); // only the timed run's share
+            }
             let t0 = Instant::now();
             let y = v
                 .model
@@ -335,13 +359,19 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
             if timed {
                 v.samples.push(dt);
                 v.paired_plain.push(plain_dt);
-                let accel = v.model.last_accel_time.as_secs_f64() * 1e3;
+                let accel = v.model.last.accel.as_secs_f64() * 1e3;
                 v.accel.push(accel);
                 v.rest.push(dt - accel);
+                if let Some(split) = &mut v.split {
+                    v.split_samples.push(split());
+                }
             }
         }
     }
 
+    for v in &mut variants {
+        v.trusted_peak = v.model.enclave_memory()?.map(|m| m.peak);
+    }
     let plain_stats = Stats::of(&plain_samples);
     let mut reference = Value::Null;
     let mut reference_note = Value::Null;
@@ -371,7 +401,6 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
     for v in &variants {
         let s = Stats::of(&v.samples);
         let mut j = s.json();
-        let trusted = v.model.resident_bytes + v.model.peak_activation_bytes;
         j["name"] = json!(v.name);
         j["scheme"] = json!(v.scheme.name());
         j["enclave"] = json!(v.enclave);
@@ -379,16 +408,24 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         j["ratio_vs_reference"] = ratio(s.median, ref_median);
         j["accel_median_ms"] = json!(Stats::of(&v.accel).median);
         j["rest_median_ms"] = json!(Stats::of(&v.rest).median);
-        j["round_trips"] = json!(v.model.last_round_trips);
+        j["round_trips"] = json!(v.model.last.round_trips);
         j["outsourced_layers"] = json!(v.outsourced_layers);
+        j["kept_layers"] = json!(v.kept_layers);
         j["resident_bytes"] = json!(v.model.resident_bytes);
-        j["peak_activation_bytes"] = json!(v.model.peak_activation_bytes);
-        j["trusted_bytes"] = json!(trusted);
-        j["trusted_mib"] = json!(trusted as f64 / (1u64 << 20) as f64);
+        j["trusted_peak_bytes"] = json!(v.trusted_peak);
+        j["trusted_mib"] = json!(v.trusted_peak.map(|b| b as f64 / (1u64 << 20) as f64));
         j["convert_s"] = json!(v.convert_s);
         j["precompute_ms_per_inference"] = json!(v.precompute_ms_per_inference);
         j["pool_bytes_per_inference"] = json!(v.pool_bytes_per_inference);
         j["max_rel_err"] = json!(v.max_rel_err);
+        if !v.split_samples.is_empty() {
+            let med = |i: usize| {
+                Stats::of(&v.split_samples.iter().map(|s| s[i]).collect::<Vec<_>>()).median
+            };
+            j["upload_median_ms"] = json!(med(0));
+            j["compute_median_ms"] = json!(med(1));
+            j["download_median_ms"] = json!(med(2));
+        }
         out_variants.push(j);
     }
     let total_macs: u64 = g.nodes.iter().map(|n| g.macs(n)).sum();
@@ -401,6 +438,8 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
             .collect::<Vec<_>>(),
         "gflops": 2.0 * total_macs as f64 / 1e9,
         "threads": threads,
+        "accelerator": args.accelerator.name(),
+        "accelerator_device": device,
         "runs": args.runs,
         "warmup": args.warmup,
         "seed": args.seed,
@@ -538,16 +577,36 @@ pub fn table(r: &Value) -> String {
     for v in r["variants"].as_array().into_iter().flatten().skip(1) {
         let _ = writeln!(
             s,
-            "{}: accelerator {:.2} ms + trusted core, transport and host {:.2} ms (medians); {} outsourced layers, trusted core {} B resident + {} B peak activations, converted in {:.2} s, max rel. error vs plain {:.2e}",
+            "{}: accelerator {:.2} ms + trusted core, transport and host {:.2} ms (medians); {} outsourced layers, {} kept in the TEE, trusted core {} B resident model, enclave heap peak {} B, converted in {:.2} s, max rel. error vs plain {:.2e}",
             v["name"].as_str().unwrap_or("?"),
             num(v, "accel_median_ms").unwrap_or(f64::NAN),
             num(v, "rest_median_ms").unwrap_or(f64::NAN),
             v["outsourced_layers"],
+            v["kept_layers"],
             v["resident_bytes"],
-            v["peak_activation_bytes"],
+            v["trusted_peak_bytes"],
             num(v, "convert_s").unwrap_or(0.0),
             num(v, "max_rel_err").unwrap_or(0.0),
         );
+    }
+    if r["accelerator"].as_str().is_some_and(|a| a != "cpu") {
+        let _ = writeln!(
+            s,
+            "accelerator: {} ({})",
+            r["accelerator"].as_str().unwrap_or("?"),
+            r["accelerator_device"].as_str().unwrap_or("?")
+        );
+    }
+    for v in r["variants"].as_array().into_iter().flatten() {
+        if let Some(up) = num(v, "upload_median_ms") {
+            let _ = writeln!(
+                s,
+                "{}: accelerator time split (medians): upload {up:.2} ms, compute {:.2} ms, download {:.2} ms",
+                v["name"].as_str().unwrap_or("?"),
+                num(v, "compute_median_ms").unwrap_or(f64::NAN),
+                num(v, "download_median_ms").unwrap_or(f64::NAN),
+            );
+        }
     }
     if let Some(note) = r["reference_note"].as_str() {
         let _ = writeln!(s, "note: {note}");

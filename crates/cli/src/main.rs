@@ -56,10 +56,9 @@ enum Cmd {
         /// one-time masks on the spot (slow) instead of refusing.
         #[arg(long)]
         allow_slow_masks: bool,
-        /// Packages: write every tensor the accelerator receives and returns to DIR
-        /// (.npy per layer and run, manifest.json; repeated runs append).
-        #[arg(long, value_name = "DIR")]
-        record_untrusted: Option<PathBuf>,
+        /// What runs the package's public layers (packages only).
+        #[arg(long, value_enum, default_value = "cpu")]
+        accelerator: shadownet::accel::AcceleratorKind,
     },
     /// Precompute one-time masks for a hardened package (run by the trusted core, offline).
     Precompute {
@@ -72,33 +71,62 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "inproc")]
         enclave: EnclaveMode,
     },
-    /// Convert a model into a protected package sealed to one device.
+    /// Convert a model into a protected package sealed to one device and signed by the
+    /// vendor.
     Convert {
         model: PathBuf,
         /// The device's public key (from `shadownet keygen`).
         #[arg(long)]
         to: PathBuf,
+        /// The vendor's signing key (from `shadownet keygen --vendor`); the device must
+        /// have been provisioned to trust its public key.
+        #[arg(long = "sign-with")]
+        sign_with: PathBuf,
         /// Package directory to write.
         #[arg(long, short = 'o')]
         output: PathBuf,
-        #[arg(long, value_enum, default_value = "shadownet")]
+        #[arg(long, value_enum, default_value = "hardened")]
         scheme: SchemeArg,
-        /// Public output channels per real channel (fake-filter ratio r).
+        /// Public output channels per real channel (fakes beside the real filters).
         #[arg(long, default_value_t = 1.2)]
         ratio: f32,
-        /// Seed for a reproducible conversion (default: OS randomness).
-        #[arg(long)]
-        seed: Option<u64>,
+        /// Hardened: largest group of filters mixed together.
+        #[arg(long, default_value_t = 16)]
+        group: usize,
+        /// Layers to run whole inside the TEE, by node name (comma-separated or repeated);
+        /// `none` keeps none, not even the scheme's default (hardened: depthwise convs).
+        #[arg(long = "keep-in-tee", value_delimiter = ',')]
+        keep_in_tee: Vec<String>,
+        /// Seed the transform's randomness, for reproducible tests. INSECURE: whoever knows
+        /// the seed can redo the transform (keys and ids still come from the OS).
+        #[arg(long = "insecure-reproducible-seed")]
+        insecure_seed: Option<u64>,
         #[arg(long = "input-shape")]
         input_shapes: Vec<String>,
     },
-    /// Create a device key pair: DIR/device.key (secret) and DIR/device.pub.
+    /// Create a key pair: a device's (DIR/device.key, secret, and DIR/device.pub), or with
+    /// --vendor a vendor's signing key (DIR/vendor.key and DIR/vendor.pub).
     Keygen {
         #[arg(long, short = 'o')]
         output: PathBuf,
+        /// Make a vendor signing key instead of a device key.
+        #[arg(long)]
+        vendor: bool,
+        /// Device keys: vendor public keys the device trusts (repeatable; provisioning).
+        #[arg(long = "trust")]
+        trust: Vec<PathBuf>,
         /// Replace an existing key.
         #[arg(long)]
         force: bool,
+    },
+    /// Provision a device to trust more vendor public keys.
+    Trust {
+        /// The device's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Vendor public keys (from `shadownet keygen --vendor`).
+        #[arg(required = true)]
+        vendors: Vec<PathBuf>,
     },
     /// Describe a model (ops, parameters, FLOPs per layer, linear layers) or a package
     /// (public layers; with --key also the trusted core's memory).
@@ -108,38 +136,20 @@ enum Cmd {
         input_shapes: Vec<String>,
         #[arg(long)]
         key: Option<PathBuf>,
-        /// Packages: write each public layer's weights to DIR (.npy, manifest.json).
-        #[arg(long, value_name = "DIR")]
-        export_public: Option<PathBuf>,
     },
     /// Classify the orientation of two bundled real text-line crops with the bundled
     /// PP-OCR direction classifier.
     Demo,
     /// Time plain vs secure inference (and optionally ONNX Runtime / LiteRT) on one model.
     Bench(shadownet::bench::BenchArgs),
-    /// Run the published attacks (fake-partner, mask-reuse) against a package and score
-    /// them against the original model.
-    Attack(shadownet::attack::AttackArgs),
     /// Compare a model's every intermediate output against ONNX Runtime and/or the secure
     /// pipeline of a package (opened with the device key), to find where they diverge.
     Trace(shadownet::trace::TraceArgs),
-    /// Serve the trusted core on stdin/stdout (started by `run --enclave process`).
-    #[command(hide = true)]
-    Enclave {
-        #[arg(long)]
-        key: PathBuf,
-    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The trusted core gets one thread, as it would on a TEE.
-    let threads = if matches!(cli.cmd, Cmd::Enclave { .. }) {
-        Some(1)
-    } else {
-        cli.threads
-    };
-    if let Some(n) = threads {
+    if let Some(n) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
             .build_global()
@@ -171,7 +181,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             key,
             enclave,
             allow_slow_masks,
-            record_untrusted,
+            accelerator,
         } => {
             if model.is_dir() {
                 let key =
@@ -180,13 +190,11 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     &model,
                     &key,
                     enclave,
+                    accelerator,
                     allow_slow_masks,
                     &inputs,
                     output.as_deref(),
-                    record_untrusted.as_deref(),
                 )
-            } else if record_untrusted.is_some() {
-                bail!("--record-untrusted records a package's accelerator traffic: {} is a plain model", model.display())
             } else {
                 cmd_run(&model, &inputs, output.as_deref(), &input_shapes)
             }
@@ -194,52 +202,113 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Convert {
             model,
             to,
+            sign_with,
             output,
             scheme,
             ratio,
-            seed,
+            group,
+            keep_in_tee,
+            insecure_seed,
             input_shapes,
         } => {
-            let device_pub = keys::read_public_key(&to)?;
+            let device_pub = keys::read_device_public(&to)?;
+            let vendor = keys::read_vendor_secret(&sign_with)?;
             let m = load(&model, &parse_shapes(&input_shapes)?)?;
+            let keep = match keep_in_tee.as_slice() {
+                [] => shadownet_protect::Keep::Default,
+                [one] if one == "none" => shadownet_protect::Keep::None,
+                names => shadownet_protect::Keep::Names(names.to_vec()),
+            };
             let opts = shadownet_protect::Options {
                 scheme: match scheme {
                     SchemeArg::Shadownet => shadownet_trusted::Scheme::ShadowNet,
                     SchemeArg::Hardened => shadownet_trusted::Scheme::Hardened,
                 },
                 ratio,
-                seed,
+                group,
+                insecure_seed,
+                keep,
                 ..Default::default()
             };
+            if insecure_seed.is_some() {
+                eprintln!("warning: --insecure-reproducible-seed: anyone who knows the seed can redo this package's transform; never ship it");
+            }
             let t0 = Instant::now();
-            let n = secure::convert_to_dir(&m.graph, &device_pub, &output, &opts, true)?;
+            let c = secure::convert(&m.graph, &opts, true)?;
+            secure::write(&c, &device_pub, &vendor, &output)?;
             println!(
-                "wrote package {} ({n} outsourced layers, scheme {}) in {:.1} s",
+                "wrote package {} ({} outsourced layers, {} kept in the TEE, scheme {}) in {:.1} s",
                 output.display(),
+                c.header.layers.len(),
+                c.kept.len(),
                 opts.scheme.name(),
                 t0.elapsed().as_secs_f64()
             );
+            for (name, why) in &c.kept {
+                println!("  kept in the TEE: {name} ({why})");
+            }
             Ok(())
         }
-        Cmd::Keygen { output, force } => {
-            let (sk, pk) = keys::keygen(&output, force)?;
-            println!("secret key (keep on the device): {}", sk.display());
-            println!("public key (give to vendors):    {}", pk.display());
+        Cmd::Keygen {
+            output,
+            vendor,
+            trust,
+            force,
+        } => {
+            if vendor {
+                if !trust.is_empty() {
+                    bail!(
+                        "--trust pins vendor keys into a device key; it does not go with --vendor"
+                    );
+                }
+                let (sk, pk) = keys::vendor_keygen(&output, force)?;
+                println!("vendor signing key (keep it secret): {}", sk.display());
+                println!("vendor public key (pin into devices): {}", pk.display());
+            } else {
+                let pins = trust
+                    .iter()
+                    .map(|p| keys::read_vendor_public(p))
+                    .collect::<Result<Vec<_>>>()?;
+                let (sk, pk) = keys::device_keygen(&output, &pins, force)?;
+                println!("device key (stays on the device): {}", sk.display());
+                println!("device public key (give to vendors): {}", pk.display());
+                if pins.is_empty() {
+                    println!("note: this device trusts no vendor yet; add one with `shadownet trust --key {} VENDOR.pub`", sk.display());
+                } else {
+                    println!("trusts {} vendor key(s)", pins.len());
+                }
+            }
+            Ok(())
+        }
+        Cmd::Trust { key, vendors } => {
+            let pins = vendors
+                .iter()
+                .map(|p| keys::read_vendor_public(p))
+                .collect::<Result<Vec<_>>>()?;
+            let n = keys::device_trust(&key, &pins)?;
+            println!("{} now trusts {n} vendor key(s)", key.display());
             Ok(())
         }
         Cmd::Inspect {
             model,
             input_shapes,
             key,
-            export_public,
         } => {
             if model.is_dir() {
-                return cmd_inspect_package(&model, key.as_deref(), export_public.as_deref());
+                return cmd_inspect_package(&model, key.as_deref());
             }
-            if export_public.is_some() {
+            // Every unsupported op up front, not just the first one an import trips on.
+            let missing = shadownet_import::unsupported_ops(&model)?;
+            if !missing.is_empty() {
+                let list: Vec<String> = missing
+                    .iter()
+                    .map(|u| format!("  {} ({} nodes, first '{}')", u.op, u.count, u.first_node))
+                    .collect();
                 bail!(
-                    "--export-public exports a package's public layers: {} is a plain model",
-                    model.display()
+                    "{} uses {} unsupported ops (see docs/ops.md):\n{}",
+                    model.display(),
+                    missing.len(),
+                    list.join("\n")
                 );
             }
             let m = load(&model, &parse_shapes(&input_shapes)?)?;
@@ -271,28 +340,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Attack(a) => shadownet::attack::cmd(&a),
         Cmd::Bench(args) => shadownet::bench::run(&args),
         Cmd::Trace(args) => shadownet::trace::run(&args),
-        Cmd::Enclave { key } => {
-            let k = keys::read_secret_key(&key)?;
-            let platform = shadownet_untrusted::FilePlatform::beside_key(&key);
-            let mut core = shadownet_trusted::TrustedCore::new(k, Box::new(platform));
-            // The pipes as plain files: stdout's line buffering would cut binary frames at
-            // every 0x0A byte.
-            use std::os::fd::AsFd;
-            let pipe = |fd: std::io::Result<std::os::fd::OwnedFd>| {
-                fd.map(std::fs::File::from)
-                    .context("cannot take over the enclave pipes")
-            };
-            let mut input = std::io::BufReader::with_capacity(
-                1 << 16,
-                pipe(std::io::stdin().as_fd().try_clone_to_owned())?,
-            );
-            let mut output = pipe(std::io::stdout().as_fd().try_clone_to_owned())?;
-            shadownet_untrusted::enclave::serve(&mut core, &mut input, &mut output)
-                .context("enclave channel failed")
-        }
     }
 }
 
@@ -348,22 +397,27 @@ fn cmd_run_secure(
     pkg: &Path,
     key: &Path,
     mode: EnclaveMode,
+    accelerator: shadownet::accel::AcceleratorKind,
     allow_slow_masks: bool,
     inputs: &[String],
     output: Option<&Path>,
-    record: Option<&Path>,
 ) -> Result<()> {
-    let spy = shadownet_untrusted::SpyAccelerator::new(shadownet_untrusted::CpuAccelerator::new());
-    let seen = spy.seen.clone();
-    let mut sm = match record {
-        Some(_) => secure::open(pkg, key, mode, Box::new(spy))?,
-        None => secure::open_cpu(pkg, key, mode)?,
-    };
+    let accel = shadownet::accel::make(accelerator)?;
+    if accelerator != shadownet::accel::AcceleratorKind::Cpu {
+        eprintln!("accelerator: {}", accel.device);
+    }
+    let mut sm = secure::open(pkg, key, mode, accel.backend)?;
     sm.allow_slow_masks = allow_slow_masks;
-    let names: Vec<String> = sm.public.inputs.iter().map(|(n, _)| n.clone()).collect();
+    let names: Vec<String> = sm
+        .public
+        .header
+        .inputs
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
     let args: Vec<_> = inputs.iter().map(|s| plain::parse_input_arg(s)).collect();
     let bound = plain::bind_inputs(&names, &args)?;
-    for ((name, t), (_, want)) in bound.iter().zip(&sm.public.inputs) {
+    for ((name, t), (_, want)) in bound.iter().zip(&sm.public.header.inputs) {
         if &t.shape != want {
             bail!(
                 "input '{name}' has shape {:?}, but the model expects {want:?}",
@@ -376,86 +430,99 @@ fn cmd_run_secure(
     eprintln!(
         "secure inference took {:.2} ms ({} accelerator round trips)",
         t0.elapsed().as_secs_f64() * 1e3,
-        sm.last_round_trips
+        sm.last.round_trips
     );
-    let out_names: Vec<String> = sm.public.outputs.iter().map(|(n, _)| n.clone()).collect();
-    if let Some(dir) = record {
-        // The layer names come from the secret, opened here as on a development device.
-        let (_, secret) = shadownet::trace::open_package(pkg, key)?;
-        let sources = shadownet::record::sources(Some(&secret), sm.public.layers.len());
-        let observed = std::mem::take(
-            &mut *seen
-                .lock()
-                .map_err(|_| anyhow::anyhow!("spy records poisoned"))?,
-        );
-        let run = shadownet::record::record_run(dir, pkg, &sm.public, &sources, &observed)?;
-        eprintln!(
-            "recorded run {run} of the accelerator traffic in {}",
-            dir.display()
-        );
-    }
+    let out_names: Vec<String> = sm
+        .public
+        .header
+        .outputs
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
     write_outputs(output, &out_names, &outs)
 }
 
-fn cmd_inspect_package(pkg: &Path, key: Option<&Path>, export: Option<&Path>) -> Result<()> {
+fn cmd_inspect_package(pkg: &Path, key: Option<&Path>) -> Result<()> {
     let public_path = pkg.join(shadownet_trusted::format::PUBLIC_FILE);
     let bytes = std::fs::read(&public_path)
         .with_context(|| format!("cannot read {}", public_path.display()))?;
-    let p = shadownet_trusted::decode_public(&bytes)
+    let (p, header_len) = shadownet_untrusted::PublicModel::decode(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", public_path.display()))?;
-    println!("package: {} (scheme {})", pkg.display(), p.scheme.name());
+    let h = &p.header;
     println!(
-        "conversion id: {}",
-        p.conversion_id
+        "package: {} (scheme {}, format v3)",
+        pkg.display(),
+        h.scheme.name()
+    );
+    println!(
+        "package id: {}",
+        h.package_id
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     );
-    for (n, s) in &p.inputs {
+    let sig = std::fs::read(pkg.join(shadownet_trusted::format::SIGNATURE_FILE))
+        .ok()
+        .and_then(|b| shadownet_trusted::format::SignatureFile::decode(&b).ok());
+    match sig {
+        Some(s) => println!(
+            "signed by vendor key {}",
+            s.vendor
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ),
+        None => {
+            println!("signature: missing or corrupt (the trusted core will refuse the package)")
+        }
+    }
+    for (n, s) in &h.inputs {
         println!("input  {n} {s:?}");
     }
-    for (n, s) in &p.outputs {
+    for (n, s) in &h.outputs {
         println!("output {n} {s:?}");
     }
-    let weights: usize = p.layers.iter().map(|l| l.weight.len()).sum();
+    let weights: usize = h
+        .layers
+        .iter()
+        .map(|l| l.weight.shape.iter().product::<usize>())
+        .sum();
     println!(
-        "public part: {} bytes, {} outsourced layers, {weights} public weights",
+        "public part: {} bytes ({header_len} header), {} outsourced layers, {weights} public weights",
         bytes.len(),
-        p.layers.len()
+        h.layers.len()
     );
-    for (k, l) in p.layers.iter().enumerate() {
+    for (k, l) in h.layers.iter().enumerate() {
         println!(
-            "  L{k:<4} {:<14} weight {:?}  {:?} -> {:?}",
+            "  L{k:<4} {:<14} weight {:?} {:?}  {:?} -> {:?}",
             l.kind.op().name(),
+            l.weight.dtype,
             l.weight.shape,
             l.input_shape,
             l.output_shape
         );
     }
-    if let Some(dir) = export {
-        let secret = match key {
-            Some(k) => Some(shadownet::trace::open_package(pkg, k)?.1),
-            None => None,
-        };
-        let sources = shadownet::record::sources(secret.as_ref(), p.layers.len());
-        let m = shadownet::record::export_public(dir, pkg, &p, &sources)?;
-        println!("exported the public layers to {}", m.display());
-    }
     match key {
         Some(k) => {
-            let sm = secure::open_cpu(pkg, k, EnclaveMode::Inproc)?;
-            let total = sm.resident_bytes + sm.peak_activation_bytes;
+            // Measured, not computed: the enclave process's counting allocator after one
+            // inference (masks made on the spot, so the pool is left alone).
+            let mut sm = secure::open_cpu(pkg, k, EnclaveMode::Process)?;
+            sm.allow_slow_masks = true;
+            let opened = sm.enclave_memory()?.unwrap_or_default();
+            let zeros = h.inputs.iter().map(|(_, s)| Tensor::zeros(s)).collect();
+            sm.infer(zeros)?;
+            let after = sm.enclave_memory()?.unwrap_or_default();
             println!(
-                "trusted core: {} bytes resident (secret model), {} bytes peak activations, {} bytes peak in all ({:.2} MiB)",
+                "trusted core: {} bytes of resident model ({:.2} MiB); enclave process heap: {:.2} MiB live once opened, {:.2} MiB peak over one inference (counting allocator)",
                 sm.resident_bytes,
-                sm.peak_activation_bytes,
-                total,
-                total as f64 / (1 << 20) as f64
+                sm.resident_bytes as f64 / (1 << 20) as f64,
+                opened.live as f64 / (1 << 20) as f64,
+                after.peak as f64 / (1 << 20) as f64
             );
         }
-        None => {
-            println!("trusted core memory: pass --key DEVICE.key to open the secret and report it")
-        }
+        None => println!(
+            "trusted core memory: pass --key DEVICE.key to open the package and measure it"
+        ),
     }
     Ok(())
 }
@@ -468,6 +535,7 @@ fn dynamic_input_name(e: &anyhow::Error) -> Option<String> {
 }
 
 fn cmd_demo() -> Result<()> {
+    use shadownet_trusted::Payload;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/demo");
     let dir = dir.canonicalize().unwrap_or(dir);
     let model_path = dir.join("ppocr_cls.onnx");
@@ -476,20 +544,94 @@ fn cmd_demo() -> Result<()> {
         "model: {} (PP-OCR mobile v2.0 text direction classifier, Apache-2.0)",
         model_path.display()
     );
+    // 1. Provisioning: a vendor key, and a device that trusts it (a temporary directory).
+    let tmp = std::env::temp_dir().join(format!("shadownet-demo-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(tmp.clone());
+    let dev = keys::TestDevice::new(&tmp)?;
+    println!(
+        "provisioned a device key and a vendor key the device trusts in {}",
+        tmp.display()
+    );
+    // 2. The vendor converts the model for that device, hardened, and signs it.
+    let t0 = Instant::now();
+    let opts = shadownet_protect::Options::default();
+    let c = secure::convert(&m.graph, &opts, false)?;
+    let pkg = tmp.join("pkg");
+    secure::write(&c, &dev.device_pub, &dev.vendor_secret, &pkg)?;
+    println!(
+        "converted (scheme {}): {} linear layers outsourced, {} kept in the TEE, in {:.2} s",
+        opts.scheme.name(),
+        c.header.layers.len(),
+        c.kept.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    // 3. The device opens it in the enclave process; the host's accelerator is watched.
+    let spy = shadownet_untrusted::SpyAccelerator::new(shadownet_untrusted::CpuAccelerator::new());
+    let seen = spy.seen.clone();
+    let mut sm = secure::open(&pkg, &dev.device_key, EnclaveMode::Process, Box::new(spy))?;
+    let t0 = Instant::now();
+    sm.precompute(4, &mut |_, _| {})?;
+    println!(
+        "the trusted core precomputed 4 one-time mask sets offline in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    // 4. Plain and secure inference side by side.
     for (file, truth) in [("text_upright.npy", "0°"), ("text_flipped.npy", "180°")] {
         let x = npy::read_npy(&dir.join(file))?;
+        // An untimed run of each first, so both are timed warm.
+        plain::run(&m, &[("x".to_string(), x.clone())])?;
+        sm.infer(vec![x.clone()])?;
         let t0 = Instant::now();
-        let y = plain::run(&m, &[("x".to_string(), x)])?;
-        let p = &y[0].data;
-        let (label, conf) = if p[0] >= p[1] {
-            ("0°", p[0])
-        } else {
-            ("180°", p[1])
+        let y = plain::run(&m, &[("x".to_string(), x.clone())])?;
+        let plain_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t0 = Instant::now();
+        let ys = sm.infer(vec![x])?;
+        let secure_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let label = |p: &[f32]| {
+            if p[0] >= p[1] {
+                ("0°", p[0])
+            } else {
+                ("180°", p[1])
+            }
         };
+        let (pl, pc) = label(&y[0].data);
+        let (sl, sc) = label(&ys[0].data);
         println!(
-            "{file}: predicted {label} (p = {conf:.4}), truth {truth}  [{:.2} ms]",
-            t0.elapsed().as_secs_f64() * 1e3
+            "{file}: truth {truth} | plain {pl} (p = {pc:.4}) in {plain_ms:.2} ms | secure {sl} (p = {sc:.4}) in {secure_ms:.2} ms ({:.1}x)",
+            secure_ms / plain_ms
         );
     }
+    // 5. What the untrusted side saw of the first outsourced layer's input.
+    let seen = seen
+        .lock()
+        .map_err(|_| anyhow::anyhow!("spy records poisoned"))?;
+    if let Some(first) = seen.first() {
+        if let Payload::Ring(r) = &first.input {
+            let n = r.data.len() as f64;
+            let top = r.data.iter().filter(|&&v| v >> 63 == 1).count() as f64 / n;
+            let mean = r
+                .data
+                .iter()
+                .map(|&v| v as f64 / u64::MAX as f64)
+                .sum::<f64>()
+                / n;
+            println!(
+                "the accelerator saw layer {}'s input as {} values spread over the whole ring Z/2^64 (mean {:.3} of the range, top bit set in {:.1}%): a one-time mask hides the image",
+                first.layer,
+                r.data.len(),
+                mean,
+                100.0 * top
+            );
+        }
+    }
     Ok(())
+}
+
+/// A temporary directory removed when dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

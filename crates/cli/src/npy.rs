@@ -72,13 +72,16 @@ pub fn parse_npy(b: &[u8]) -> Result<Tensor> {
         "|i1" => (1, |c| c[0] as i8 as f32),
         d => bail!("unsupported dtype {d} (use float32)"),
     };
-    if body.len() < n * size {
+    let bytes = n
+        .checked_mul(size)
+        .ok_or_else(|| anyhow!("shape {shape:?} is too large"))?;
+    if body.len() < bytes {
         bail!(
             "data is truncated: {} bytes for {n} elements of {descr}",
             body.len()
         );
     }
-    let data = body[..n * size].chunks_exact(size).map(conv).collect();
+    let data = body[..bytes].chunks_exact(size).map(conv).collect();
     Ok(Tensor::new(shape, data)?)
 }
 

@@ -3,33 +3,24 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use shadownet_ir::Graph;
-use shadownet_protect::Options;
+use shadownet_protect::{Converted, Options};
 use shadownet_untrusted::{
     Accelerator, CpuAccelerator, Enclave, InProcEnclave, ProcessEnclave, SecureModel,
 };
 
-use crate::keys;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum EnclaveMode {
-    /// The trusted core in this process, behind its message API.
+    /// The trusted core in this process, behind its message API (no isolation).
     Inproc,
-    /// The trusted core in a child process, reached through a pipe.
+    /// The trusted core in the dedicated, sandboxed `shadownet-enclave` process.
     Process,
 }
 
-/// Converts `g` and writes the package; returns the number of outsourced layers.
-pub fn convert_to_dir(
-    g: &Graph,
-    device_pub: &[u8; 32],
-    out: &Path,
-    opts: &Options,
-    show_progress: bool,
-) -> Result<usize> {
+/// Converts `g` with `opts`, printing progress on a terminal (a line per tenth in logs).
+pub fn convert(g: &Graph, opts: &Options, show_progress: bool) -> Result<Converted> {
     use std::io::IsTerminal;
     let tty = show_progress && std::io::stderr().is_terminal();
     let mut progress = |done: usize, total: usize| {
-        // A terminal gets a live counter; logs get a line per tenth.
         if tty {
             eprint!("\rconverting: layer {done}/{total}");
             if done == total {
@@ -39,20 +30,34 @@ pub fn convert_to_dir(
             eprintln!("converting: layer {done}/{total}");
         }
     };
-    let c = shadownet_protect::convert(g, opts, &mut progress)?;
-    let public = shadownet_protect::encode_public(&c.public);
-    let sealed = shadownet_protect::seal_secret(&c.secret, device_pub, &public);
-    shadownet_protect::write_package(out, &public, &sealed)?;
-    Ok(c.public.layers.len())
+    Ok(shadownet_protect::convert(g, opts, &mut progress)?)
 }
 
-/// The binary that serves `shadownet enclave`: this one, unless SHADOWNET_ENCLAVE_BIN
-/// names another (tests run from a test binary, not from `shadownet`).
-fn enclave_exe() -> Result<std::path::PathBuf> {
-    match std::env::var_os("SHADOWNET_ENCLAVE_BIN") {
-        Some(p) => Ok(p.into()),
-        None => std::env::current_exe().context("cannot locate the shadownet binary"),
-    }
+/// Seals `c` to `device_pub`, signs it with `vendor_secret` and writes the package.
+pub fn write(
+    c: &Converted,
+    device_pub: &[u8; 32],
+    vendor_secret: &[u8; 32],
+    out: &Path,
+) -> Result<()> {
+    let p = shadownet_protect::seal(c, device_pub, vendor_secret)?;
+    shadownet_protect::write_package(out, &p)?;
+    Ok(())
+}
+
+/// The trusted core where `mode` says, for the device whose record is `key_file`.
+pub fn enclave(key_file: &Path, mode: EnclaveMode) -> Result<Box<dyn Enclave>> {
+    Ok(match mode {
+        EnclaveMode::Inproc => Box::new(InProcEnclave::with_file_counters(key_file)?),
+        EnclaveMode::Process => {
+            // The child reads the key itself, but fail early here on an unreadable path.
+            if !key_file.is_file() {
+                anyhow::bail!("cannot read device key {}", key_file.display());
+            }
+            let exe = shadownet_untrusted::enclave::enclave_binary()?;
+            Box::new(ProcessEnclave::spawn(&exe, key_file)?)
+        }
+    })
 }
 
 /// Opens a package with the trusted core where `mode` says and `accel` as the accelerator.
@@ -62,20 +67,7 @@ pub fn open(
     mode: EnclaveMode,
     accel: Box<dyn Accelerator>,
 ) -> Result<SecureModel> {
-    let enclave: Box<dyn Enclave> = match mode {
-        EnclaveMode::Inproc => Box::new(InProcEnclave::new(
-            keys::read_secret_key(key_file)?,
-            Box::new(shadownet_untrusted::FilePlatform::beside_key(key_file)),
-        )?),
-        EnclaveMode::Process => {
-            // The child reads the key itself, but fail early here on an unreadable path.
-            if !key_file.is_file() {
-                anyhow::bail!("cannot read device secret key {}", key_file.display());
-            }
-            Box::new(ProcessEnclave::spawn(&enclave_exe()?, key_file)?)
-        }
-    };
-    SecureModel::open(pkg, enclave, accel)
+    SecureModel::open(pkg, enclave(key_file, mode)?, accel)
         .with_context(|| format!("cannot open package {}", pkg.display()))
 }
 

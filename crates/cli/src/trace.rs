@@ -1,9 +1,11 @@
 //! `shadownet trace`: where does a converted model start to give a different answer?
 //!
 //! Runs the imported graph node by node with the plain engine and compares every node's
-//! outputs against ONNX Runtime's intermediate values (`--reference onnxruntime`) and/or a
-//! simulation of the secure pipeline built from a package whose secret is opened with the
-//! device key (`--package PKG --key KEY`, a debugging session on a development device).
+//! outputs against ONNX Runtime's intermediate values (`--reference onnxruntime`) and/or
+//! the secure pipeline itself (`--package PKG --key KEY`, a debugging session on a
+//! development device): the package runs through the real trusted core, in this process,
+//! with an observer that shows every node's plain value (a build with `--features
+//! debug-trace` only; a deployed core has no such hook).
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -11,10 +13,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use shadownet_import::Model;
 use shadownet_ir::{Graph, Tensor};
-use shadownet_trusted::format::{PublicPackage, Scheme, SecretModel, PUBLIC_FILE, SECRET_FILE};
-use shadownet_trusted::{onetime, restore, seal};
+use shadownet_trusted::Scheme;
 
-use crate::{keys, npy, plain};
+use crate::{npy, plain};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Reference {
@@ -157,7 +158,7 @@ pub fn run(a: &TraceArgs) -> Result<()> {
         bail!("--tolerance must be a non-negative number");
     }
     let pkg = match (&a.package, &a.key) {
-        (Some(p), Some(k)) => Some(open_package(p, k)?),
+        (Some(p), Some(_)) => Some(package_header(p)?),
         (None, None) => None,
         _ => bail!("--package and --key go together"),
     };
@@ -168,8 +169,8 @@ pub fn run(a: &TraceArgs) -> Result<()> {
         .map(|s| plain::parse_input_shape(s))
         .collect::<Result<_>>()?;
     if shapes.is_empty() {
-        if let Some((public, _)) = &pkg {
-            shapes = public.inputs.clone();
+        if let Some(h) = &pkg {
+            shapes = h.inputs.clone();
         }
     }
     let m = load_model(&a.model, &mut shapes, &args)?;
@@ -196,13 +197,32 @@ pub fn run(a: &TraceArgs) -> Result<()> {
         }
         None => None,
     };
-    let mut sim = match &pkg {
-        Some((public, secret)) => Some(SecureSim::new(g, public, secret, &inputs)?),
-        None => None,
+    let secure = match (&a.package, &a.key) {
+        (Some(p), Some(k)) => {
+            let seen = secure_values(p, k, &inputs)?;
+            // Node k of the package's graph must be node k of this model.
+            let fits = seen.iter().all(|(&k, (_, ys))| {
+                g.nodes.get(k).is_some_and(|n| {
+                    ys.is_empty()
+                        || (ys.len() == n.outputs.len()
+                            && ys
+                                .iter()
+                                .zip(&n.outputs)
+                                .all(|(y, &o)| y.shape == g.values[o].shape))
+                })
+            }) && seen.keys().max().is_some_and(|&k| k + 1 == g.nodes.len());
+            if !fits {
+                bail!(
+                    "the package was not converted from this model: its graph differs from {}",
+                    a.model.display()
+                );
+            }
+            Some(seen)
+        }
+        _ => None,
     };
 
     let mut rows: Vec<Row> = Vec::with_capacity(g.nodes.len());
-    let mut sim_error: Option<anyhow::Error> = None;
     shadownet_cpu::run_graph_observed(g, &inputs, |k, outs| {
         let node = &g.nodes[k];
         let max_plain = outs
@@ -216,39 +236,24 @@ pub fn run(a: &TraceArgs) -> Result<()> {
                 .filter_map(|(&o, t)| r.get(&g.values[o].name).map(|b| Diff::of(t, b)))
                 .reduce(Diff::max)
         });
-        let mut secure = None;
-        if let (Some(s), None) = (sim.as_mut(), &sim_error) {
-            match s.step(k) {
-                Ok(ys) => {
-                    secure = outs
-                        .iter()
-                        .zip(&ys)
-                        .map(|(t, y)| Diff::of(y, t))
-                        .reduce(Diff::max);
-                    s.commit(k, ys);
-                }
-                Err(e) => {
-                    sim_error = Some(e.context(format!(
-                        "secure simulation failed at node {k} '{}'",
-                        node.name
-                    )))
-                }
-            }
-        }
+        let seen = secure.as_ref().and_then(|s| s.get(&k));
+        let secure_diff = seen.and_then(|(_, ys)| {
+            outs.iter()
+                .zip(ys)
+                .map(|(t, y)| Diff::of(y, t))
+                .reduce(Diff::max)
+        });
         rows.push(Row {
             name: node.name.clone(),
             op: node.op.name(),
             shapes: outs.iter().map(|t| t.shape.clone()).collect(),
-            layer: sim.as_ref().and_then(|s| s.layer_of[k]),
+            layer: seen.and_then(|(l, _)| l.map(|l| l as usize)),
             max_plain,
             ort,
-            secure,
+            secure: secure_diff,
         });
     })
     .context("plain inference failed")?;
-    if let Some(e) = sim_error {
-        return Err(e);
-    }
 
     let mut columns = Vec::new();
     if reference.is_some() {
@@ -260,7 +265,7 @@ pub fn run(a: &TraceArgs) -> Result<()> {
     let ctx = Context_ {
         model: &a.model,
         package: a.package.as_deref(),
-        scheme: pkg.as_ref().map(|(p, _)| p.scheme),
+        scheme: pkg.as_ref().map(|h| h.scheme),
         tolerance: a.tolerance,
     };
     if a.json {
@@ -482,214 +487,54 @@ fn load_model(
     }
 }
 
-/// Reads the package and opens its secret with the device key.
-pub fn open_package(pkg: &Path, key_file: &Path) -> Result<(PublicPackage, SecretModel)> {
-    let key = keys::read_secret_key(key_file)?;
-    let public_path = pkg.join(PUBLIC_FILE);
-    let public_bytes = std::fs::read(&public_path)
-        .with_context(|| format!("cannot read {}", public_path.display()))?;
-    let public = shadownet_trusted::decode_public(&public_bytes)
-        .map_err(|e| anyhow!("{}: {e}", public_path.display()))?;
-    let sealed_path = pkg.join(SECRET_FILE);
-    let sealed = std::fs::read(&sealed_path)
-        .with_context(|| format!("cannot read {}", sealed_path.display()))?;
-    let plain = seal::open(
-        &key,
-        &public.conversion_id,
-        &seal::sha256(&public_bytes),
-        &sealed,
+/// The public header of a package.
+fn package_header(pkg: &Path) -> Result<shadownet_trusted::PublicHeader> {
+    let path = pkg.join(shadownet_trusted::format::PUBLIC_FILE);
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(shadownet_trusted::format::split_public(&bytes)
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?
+        .header)
+}
+
+/// Every node's plain value in one secure inference, as the trusted core computed it, with
+/// the public layer of the nodes it outsourced.
+type Seen = BTreeMap<usize, (Option<u32>, Vec<Tensor>)>;
+
+#[cfg(feature = "debug-trace")]
+fn secure_values(pkg: &Path, key: &Path, inputs: &[Tensor]) -> Result<Seen> {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let mut enclave = shadownet_untrusted::InProcEnclave::with_file_counters(key)?;
+    let sink = seen.clone();
+    enclave
+        .core_mut()
+        .set_observer(Box::new(move |node, layer, outs| {
+            if let Ok(mut s) = sink.lock() {
+                let e = s.entry(node).or_insert((None, Vec::new()));
+                e.0 = e.0.or(layer);
+                if !outs.is_empty() {
+                    e.1 = outs.iter().map(|t| (*t).clone()).collect();
+                }
+            }
+        }));
+    let mut sm = shadownet_untrusted::SecureModel::open(
+        pkg,
+        Box::new(enclave),
+        Box::new(shadownet_untrusted::CpuAccelerator::new()),
     )
-    .map_err(|e| {
-        anyhow!(
-            "{}: {}",
-            sealed_path.display(),
-            match e {
-                seal::SealError::Malformed => "truncated or not a sealed shadownet secret",
-                seal::SealError::WrongPackage =>
-                    "belongs to another conversion than public.bin (package parts mixed up)",
-                seal::SealError::AuthFailed =>
-                    "does not open: wrong device key, or the package was altered",
-            }
-        )
-    })?;
-    let secret: SecretModel = postcard::from_bytes(&plain)
-        .map_err(|e| anyhow!("{}: the secret does not decode: {e}", sealed_path.display()))?;
-    if secret.conversion_id != public.conversion_id || secret.layers.len() != public.layers.len() {
-        bail!(
-            "package {}: the secret and the public part disagree",
-            pkg.display()
-        );
-    }
-    Ok((public, secret))
+    .with_context(|| format!("cannot open package {}", pkg.display()))?;
+    // One-time masks made on the spot: a trace leaves the package's pool alone.
+    sm.allow_slow_masks = true;
+    sm.infer(inputs.to_vec())
+        .context("secure inference failed")?;
+    drop(sm);
+    let out = std::mem::take(&mut *seen.lock().map_err(|_| anyhow!("trace records poisoned"))?);
+    Ok(out)
 }
 
-/// The secure pipeline, node by node, on the host: the trusted core's arithmetic with the
-/// accelerator's linear ops evaluated in place.
-struct SecureSim<'a> {
-    public: &'a PublicPackage,
-    secret: &'a SecretModel,
-    layer_of: Vec<Option<usize>>,
-    last: Vec<usize>,
-    vals: Vec<Option<Tensor>>,
-    /// Hardened: this run's one-time mask seed.
-    seed: Option<[u8; 32]>,
-}
-
-impl<'a> SecureSim<'a> {
-    fn new(
-        model: &Graph,
-        public: &'a PublicPackage,
-        secret: &'a SecretModel,
-        inputs: &[Tensor],
-    ) -> Result<Self> {
-        let g = &secret.graph;
-        let same = g.nodes.len() == model.nodes.len()
-            && g.nodes
-                .iter()
-                .zip(&model.nodes)
-                .all(|(a, b)| a.name == b.name && a.inputs == b.inputs && a.outputs == b.outputs)
-            && g.values.len() == model.values.len()
-            && g.inputs == model.inputs;
-        if !same {
-            bail!(
-                "package was not converted from this model ({} nodes in the package's graph, {} in the model's)",
-                g.nodes.len(),
-                model.nodes.len()
-            );
-        }
-        for &i in &model.inputs {
-            if g.values[i].shape != model.values[i].shape {
-                bail!(
-                    "the package was converted for input '{}' of shape {:?}, but the model was loaded with {:?}: pass --input-shape {}={}",
-                    g.values[i].name,
-                    g.values[i].shape,
-                    model.values[i].shape,
-                    g.values[i].name,
-                    g.values[i].shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
-                );
-            }
-        }
-        let mut layer_of = vec![None; g.nodes.len()];
-        for (k, (sl, pl)) in secret.layers.iter().zip(&public.layers).enumerate() {
-            let node = g
-                .nodes
-                .get(sl.node as usize)
-                .ok_or_else(|| anyhow!("secret layer {k} names a missing node {}", sl.node))?;
-            let (Some(&x), Some(&y)) = (node.inputs.first(), node.outputs.first()) else {
-                bail!(
-                    "secret layer {k}: node '{}' has no input or output",
-                    node.name
-                );
-            };
-            let in_shape = g.shape(x);
-            let out_shape = g.shape(y);
-            let axis = pl.kind.channel_axis(out_shape.len());
-            if pl.output_shape != sl.public_output
-                || pl.input_shape != in_shape
-                || !restore::validate(sl, in_shape, out_shape, axis)
-                || layer_of[sl.node as usize].replace(k).is_some()
-            {
-                bail!(
-                    "secret layer {k} does not fit its node '{}' (corrupt package)",
-                    node.name
-                );
-            }
-        }
-        let seed = match secret.scheme {
-            Scheme::ShadowNet => None,
-            Scheme::Hardened => {
-                use rand_core::RngCore;
-                let mut s = [0u8; 32];
-                rand_core::OsRng.fill_bytes(&mut s);
-                Some(s)
-            }
-        };
-        let mut vals = vec![None; g.values.len()];
-        for (&i, t) in g.inputs.iter().zip(inputs) {
-            vals[i] = Some(t.clone());
-        }
-        Ok(SecureSim {
-            public,
-            secret,
-            layer_of,
-            last: g.last_uses(),
-            vals,
-            seed,
-        })
-    }
-
-    fn fetch(&self, v: usize) -> Result<&Tensor> {
-        let g = &self.secret.graph;
-        g.values[v]
-            .data
-            .as_ref()
-            .or(self.vals[v].as_ref())
-            .ok_or_else(|| anyhow!("value '{}' is used before it is computed", g.values[v].name))
-    }
-
-    /// The secure value of node `k`'s outputs.
-    fn step(&mut self, k: usize) -> Result<Vec<Tensor>> {
-        let g = &self.secret.graph;
-        let node = &g.nodes[k];
-        let Some(l) = self.layer_of[k] else {
-            let xs = node
-                .inputs
-                .iter()
-                .map(|&i| self.fetch(i))
-                .collect::<Result<Vec<_>>>()?;
-            return Ok(shadownet_cpu::eval(&node.name, &node.op, &xs)?);
-        };
-        let (sl, pl) = (&self.secret.layers[l], &self.public.layers[l]);
-        let x = self.fetch(node.inputs[0])?;
-        let real_shape = g.shape(node.outputs[0]);
-        let axis = pl.kind.channel_axis(real_shape.len());
-        let op = pl.kind.op();
-        let linear = |t: &Tensor| -> Result<Tensor> {
-            let y = shadownet_cpu::eval(&node.name, &op, &[t, &pl.weight])?
-                .into_iter()
-                .next()
-                .ok_or_else(|| anyhow!("layer {l}: the linear op returned nothing"))?;
-            if y.shape != sl.public_output {
-                bail!(
-                    "layer {l}: public output shape {:?}, the secret expects {:?}",
-                    y.shape,
-                    sl.public_output
-                );
-            }
-            Ok(y)
-        };
-        let y = match self.seed {
-            None => {
-                let xt = restore::prepare_input(sl, x);
-                restore::restore_output(sl, &linear(&xt)?, real_shape, axis)
-            }
-            Some(seed) => {
-                let mut xt = restore::shuffle_input(&sl.restore, x);
-                let m = onetime::mask(seed, l, sl, &xt.shape);
-                restore::add_assign(&mut xt, &m);
-                let correction = restore::unmix(&sl.restore, &linear(&m)?, real_shape, axis);
-                let mut y = restore::unmix(&sl.restore, &linear(&xt)?, real_shape, axis);
-                restore::sub_assign(&mut y, &correction);
-                restore::add_bias(sl, &mut y, axis);
-                y
-            }
-        };
-        Ok(vec![y])
-    }
-
-    /// Stores node `k`'s secure outputs and frees values nobody reads any more.
-    fn commit(&mut self, k: usize, outs: Vec<Tensor>) {
-        let g = &self.secret.graph;
-        let node = &g.nodes[k];
-        for (&o, t) in node.outputs.iter().zip(outs) {
-            self.vals[o] = Some(t);
-        }
-        for &i in &node.inputs {
-            if self.last[i] == k && !g.outputs.contains(&i) {
-                self.vals[i] = None;
-            }
-        }
-    }
+#[cfg(not(feature = "debug-trace"))]
+fn secure_values(_pkg: &Path, _key: &Path, _inputs: &[Tensor]) -> Result<Seen> {
+    bail!("`trace --package` runs the trusted core with an observer that a deployed core must not have: build with `cargo build --release --features debug-trace` to use it")
 }
 
 /// ONNX Runtime's value of every node output of `g` that the ONNX graph also has, by name.

@@ -41,8 +41,18 @@ fn demo_runs_and_classifies_both_orientations() {
         String::from_utf8_lossy(&out.stderr)
     );
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.contains("text_upright.npy: predicted 0°"), "{s}");
-    assert!(s.contains("text_flipped.npy: predicted 180°"), "{s}");
+    // Each image: the truth, the plain run and the secure run all agree.
+    for (file, deg) in [("text_upright.npy", "0°"), ("text_flipped.npy", "180°")] {
+        let line = s
+            .lines()
+            .find(|l| l.starts_with(file))
+            .unwrap_or_else(|| panic!("no line for {file}: {s}"));
+        for part in ["truth", "plain", "secure"] {
+            assert!(line.contains(&format!("{part} {deg}")), "{line}");
+        }
+    }
+    // And the accelerator's view of the first layer is a uniform ring mask.
+    assert!(s.contains("spread over the whole ring"), "{s}");
 }
 
 #[test]
@@ -131,4 +141,42 @@ fn missing_and_unknown_inputs_are_named() {
     assert!(!ok && err.contains("--input-shape"), "{err}");
     let (ok, err) = run(&["run", "/nonexistent/model.onnx", "--input", p(&input)]);
     assert!(!ok && err.contains("cannot read"), "{err}");
+}
+
+/// `--accelerator gpu` in a build without the GPU backend says how to get it.
+#[cfg(not(feature = "gpu"))]
+#[test]
+fn gpu_accelerator_needs_the_gpu_build() {
+    let d = tmpdir("gpu");
+    let model = demo_model();
+    for args in [
+        vec![
+            "run",
+            p(&d),
+            "--key",
+            "k",
+            "--input",
+            "x.npy",
+            "--accelerator",
+            "gpu",
+        ],
+        vec!["bench", p(&model), "--accelerator", "gpu"],
+        vec![
+            "attack",
+            p(&d),
+            "--key",
+            "k",
+            "--reference",
+            p(&model),
+            "--accelerator",
+            "gpu",
+        ],
+    ] {
+        let (ok, err) = run(&args);
+        assert!(!ok, "{args:?}");
+        assert!(
+            err.contains("rebuild with --features gpu"),
+            "{args:?}: {err}"
+        );
+    }
 }

@@ -1,12 +1,16 @@
+#![cfg_attr(not(feature = "debug-trace"), allow(unused_imports, dead_code))]
 //! `shadownet trace`: a restoration error planted in one outsourced layer is reported as
 //! the first divergence, a clean package shows none, and the plain engine agrees with ONNX
-//! Runtime on every intermediate value of the demo model.
+//! Runtime on every intermediate value of the demo model. The package traces run through
+//! the real trusted core's observer, which only a `--features debug-trace` build has; the
+//! default build must refuse them and say so.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
 use shadownet_ir::Tensor;
-use shadownet_trusted::format::Restore;
+use shadownet_trusted::format::LayerRestore;
+use shadownet_trusted::Scheme;
 
 const TOLERANCE: &str = "1e-4";
 
@@ -57,17 +61,11 @@ fn compared(v: &Value, key: &str) -> usize {
         .count()
 }
 
-fn write_package(
-    dir: &Path,
-    public: &shadownet_trusted::PublicPackage,
-    secret: &shadownet_trusted::SecretModel,
-    device_pub: &[u8; 32],
-) {
-    let public_bytes = shadownet_protect::encode_public(public);
-    let sealed = shadownet_protect::seal_secret(secret, device_pub, &public_bytes);
-    shadownet_protect::write_package(dir, &public_bytes, &sealed).unwrap();
+fn write_package(dir: &Path, c: &shadownet_protect::Converted, dev: &shadownet::keys::TestDevice) {
+    shadownet::secure::write(c, &dev.device_pub, &dev.vendor_secret, dir).unwrap();
 }
 
+#[cfg(feature = "debug-trace")]
 #[test]
 fn planted_restore_error_is_the_first_secure_divergence() {
     let model = fixtures().join("models/resnet44.onnx");
@@ -93,19 +91,17 @@ fn planted_restore_error_is_the_first_secure_divergence() {
     }
 
     let opts = shadownet_protect::Options {
-        seed: Some(44),
+        scheme: Scheme::Hardened,
+        insecure_seed: Some(44),
         ..Default::default()
     };
     let c = shadownet_protect::convert(&g, &opts, &mut |_, _| {}).unwrap();
-    let (_, pk_path) = shadownet::keys::keygen(&dir.join("dev"), false).unwrap();
-    let device_pub = shadownet::keys::read_public_key(&pk_path).unwrap();
-    let key = dir.join("dev/device.key");
+    let dev = shadownet::keys::TestDevice::new(&dir.join("keys")).unwrap();
+    let key = dev.device_key.clone();
 
-    // Layer 10 (or the next one restored through fake pairs) gets one wrong scale: the
-    // one of its most active output channel, so the error stands out at any tolerance.
-    let layer = (10..c.secret.layers.len())
-        .find(|&l| matches!(c.secret.layers[l].restore, Restore::FakePairs { .. }))
-        .expect("resnet44 has no fake-pair layer from layer 10 on");
+    // Layer 10 gets one wrong restore coefficient: on its most active output channel, so
+    // the error stands out at any tolerance.
+    let layer = 10;
     let node = c.secret.layers[layer].node as usize;
     let xs: Vec<Tensor> = g
         .inputs
@@ -130,15 +126,21 @@ fn planted_restore_error_is_the_first_secure_divergence() {
     let channel = (0..channel_peak.len())
         .max_by(|&a, &b| channel_peak[a].total_cmp(&channel_peak[b]))
         .unwrap();
-    let mut bad = c.secret.clone();
-    if let Restore::FakePairs { scale, .. } = &mut bad.layers[layer].restore {
-        scale[channel] *= 1.5;
-    }
-
     let clean_pkg = dir.join("clean");
     let bad_pkg = dir.join("bad");
-    write_package(&clean_pkg, &c.public, &c.secret, &device_pub);
-    write_package(&bad_pkg, &c.public, &bad, &device_pub);
+    write_package(&clean_pkg, &c, &dev);
+    let mut c = c;
+    if let LayerRestore::Exact(e) = &mut c.secret.layers[layer].restore {
+        for g in &mut e.groups {
+            let h = g.public.len();
+            if let Some(ri) = g.real.iter().position(|&r| r as usize == channel) {
+                for v in &mut g.coeffs[ri * h..(ri + 1) * h] {
+                    *v *= 1.5;
+                }
+            }
+        }
+    }
+    write_package(&bad_pkg, &c, &dev);
 
     let run = |pkg: &Path| {
         let mut args: Vec<String> = vec![model.display().to_string()];
@@ -219,13 +221,12 @@ fn package_of_another_model_is_refused() {
     let last = other.nodes.last().unwrap().outputs[0];
     other.outputs = vec![last];
     let opts = shadownet_protect::Options {
-        seed: Some(1),
+        insecure_seed: Some(1),
         ..Default::default()
     };
     let c = shadownet_protect::convert(&other, &opts, &mut |_, _| {}).unwrap();
-    let (_, pk) = shadownet::keys::keygen(&dir.join("dev"), false).unwrap();
-    let device_pub = shadownet::keys::read_public_key(&pk).unwrap();
-    write_package(&dir.join("pkg"), &c.public, &c.secret, &device_pub);
+    let dev = shadownet::keys::TestDevice::new(&dir.join("keys")).unwrap();
+    write_package(&dir.join("pkg"), &c, &dev);
     let out = Command::new(env!("CARGO_BIN_EXE_shadownet"))
         .arg("trace")
         .arg(demo.join("ppocr_cls.onnx"))
@@ -234,14 +235,16 @@ fn package_of_another_model_is_refused() {
         .arg("--package")
         .arg(dir.join("pkg"))
         .arg("--key")
-        .arg(dir.join("dev/device.key"))
+        .arg(&dev.device_key)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(
-        err.contains("package was not converted from this model"),
-        "unexpected error: {err}"
-    );
+    let want = if cfg!(feature = "debug-trace") {
+        "package was not converted from this model"
+    } else {
+        "--features debug-trace"
+    };
+    assert!(err.contains(want), "unexpected error: {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

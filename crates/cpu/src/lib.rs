@@ -10,6 +10,8 @@ pub mod conv;
 pub mod gemm;
 mod par;
 pub mod pool;
+pub mod qconv;
+pub mod ring;
 
 pub use par::{sequential, threads};
 pub use shadownet_kernels::{elementwise, layout, norm, Error, Result};
@@ -32,6 +34,7 @@ pub fn eval_unchecked(op: &Op, x: &[&Tensor], outs: &[Vec<usize>]) -> Result<Vec
         Op::Conv(c) => conv::conv2d(x[0], x[1], x.get(2).copied(), c, out),
         Op::ConvTranspose(c) => conv::conv_transpose2d(x[0], x[1], x.get(2).copied(), c, out),
         Op::MatMul => conv::matmul(x[0], x[1], out),
+        Op::QConv { conv, q } => qconv::qconv2d(x[0], x[1], conv, q, out),
         Op::MaxPool(p) => pool::pool2d(x[0], p, true, out),
         Op::AvgPool(p) => pool::pool2d(x[0], p, false, out),
         Op::Act(a) => {

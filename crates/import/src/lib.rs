@@ -1,10 +1,12 @@
 //! Model importers: ONNX (protobuf) and TFLite (flatbuffers) into a static-shape
 //! [`shadownet_ir::Graph`].
+pub mod coverage;
 mod error;
 pub mod onnx;
 pub mod passes;
 pub mod tflite;
 
+pub use coverage::{unsupported_ops, UnsupportedOp};
 pub use error::{Error, Result};
 
 use std::path::Path;

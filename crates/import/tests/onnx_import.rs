@@ -501,46 +501,37 @@ fn external_data_is_read_relative_to_base_dir() {
     assert_eq!(t.data, (0..8).map(|k| k as f32).collect::<Vec<_>>());
     let err = onnx::import(&bytes, None, &[]).expect_err("no base dir");
     assert!(err.to_string().contains("w.bin"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Imports real models when SHADOWNET_ONNX_MODELS points at a directory of them
-/// (structure only: node counts and output shapes are printed).
-#[test]
-fn real_models_import_when_available() {
-    let Ok(dir) = std::env::var("SHADOWNET_ONNX_MODELS") else {
-        return;
-    };
-    let cases: [(&str, &[usize]); 3] = [
-        ("ch_ppocr_mobile_v2.0_cls_infer.onnx", &[1, 3, 48, 192]),
-        ("ch_PP-OCRv4_det_infer.onnx", &[1, 3, 640, 640]),
-        ("ch_PP-OCRv4_rec_infer.onnx", &[1, 3, 48, 320]),
-    ];
-    for (file, shape) in cases {
-        let path = std::path::Path::new(&dir).join(file);
-        if !path.exists() {
-            continue;
-        }
-        let bytes = std::fs::read(&path).expect("model file");
-        let name = {
-            let m = ModelProto::decode(bytes.as_slice()).expect("decode");
-            let g = m.graph.expect("graph");
-            let inits: Vec<String> = g.initializer.iter().map(|t| t.name().to_string()).collect();
-            g.input
-                .iter()
-                .map(|i| i.name().to_string())
-                .find(|n| !inits.contains(n))
-                .expect("input")
+    // A location outside the model's directory is refused, absolute or by `..`, even when
+    // the file exists.
+    let outside = dir.with_extension("outside.bin");
+    std::fs::write(&outside, &file).expect("write");
+    for loc in [
+        outside.display().to_string(),
+        format!("../{}", outside.file_name().unwrap().to_str().unwrap()),
+        "sub/../../w.bin".to_string(),
+    ] {
+        let w = TensorProto {
+            name: Some("w".into()),
+            dims: vec![2, 4],
+            data_type: Some(1),
+            data_location: Some(1),
+            external_data: vec![kv("location", &loc), kv("offset", "16"), kv("length", "32")],
+            ..Default::default()
         };
-        let g = onnx::import(&bytes, path.parent(), &[(name, shape.to_vec())])
-            .unwrap_or_else(|e| panic!("{file}: {e}"));
-        let outs: Vec<Vec<usize>> = g.outputs.iter().map(|&o| g.shape(o).to_vec()).collect();
-        println!(
-            "{file}: {} nodes, {} params, outputs {outs:?}",
-            g.nodes.len(),
-            g.param_count()
+        let bytes = model(
+            vec![node("MatMul", "mm", &["x", "w"], &["y"], vec![])],
+            vec![fixed("x", &[3, 2])],
+            &["y"],
+            vec![w],
+        );
+        let err = onnx::import(&bytes, Some(&dir), &[]).expect_err(&loc);
+        assert!(
+            err.to_string().contains("not a relative path inside"),
+            "{loc}: {err}"
         );
     }
+    let _ = std::fs::remove_file(&outside);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Every prefix and many single-byte corruptions of valid models must give an error or a

@@ -290,7 +290,7 @@ fn dynamic_input_needs_a_shape() {
 }
 
 #[test]
-fn quantized_activations_are_unsupported() {
+fn integer_graph_inputs_are_unsupported() {
     let mut x = act("x", &[1, 4, 4, 2]);
     x.ty = 9; // INT8
     assert!(matches!(

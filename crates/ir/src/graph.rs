@@ -144,7 +144,7 @@ impl Graph {
             .map(|&o| crate::numel(self.shape(o)) as u64)
             .sum();
         match &node.op {
-            Op::Conv(c) => {
+            Op::Conv(c) | Op::QConv { conv: c, .. } => {
                 let w = self.shape(node.inputs[1]);
                 out * (w[1] * c.kernel[0] * c.kernel[1]) as u64
             }
@@ -153,7 +153,7 @@ impl Graph {
                 let w = self.shape(node.inputs[1]);
                 x * (w[1] * c.kernel[0] * c.kernel[1]) as u64
             }
-            Op::MatMul => {
+            Op::MatMul | Op::QMatMul(_) => {
                 let a = self.shape(node.inputs[0]);
                 out * *a.last().unwrap_or(&1) as u64
             }

@@ -17,5 +17,5 @@ mod tensor;
 pub use error::{Error, Result};
 pub use graph::{Graph, Node, Value, ValueId};
 pub use op::*;
-pub use shape::{broadcast_shapes, infer_shapes, numel};
-pub use tensor::Tensor;
+pub use shape::{broadcast_shapes, checked_numel, infer_shapes, numel};
+pub use tensor::{IntTensor, RingTensor, Tensor};

@@ -166,6 +166,81 @@ pub struct Resize {
     pub scales: Vec<f32>,
 }
 
+/// Affine quantisation of one tensor: real = scale * (q - zero_point).
+///
+/// Integer data flows through the graph as f32 tensors holding exact integer values
+/// (every int8/uint8 value and every int32 up to 2^24 is exact in f32): `Tensor` stays one
+/// type, every layout op (reshape, transpose, concat, pad, max-pool, nearest resize) works
+/// unchanged on quantized tensors, and the quantized ops below read those values back as
+/// integers and compute in i32 exactly as the reference engines do.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct QParam {
+    pub scale: f32,
+    pub zero_point: i32,
+}
+
+/// Whose integer arithmetic a quantized op reproduces: the two engines round differently,
+/// and matching one of them exactly is the point of running a quantized model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum QFlavor {
+    /// ONNX Runtime (MLAS): requantisation in f32, `float(acc) * (sx * sw / sy)` rounded
+    /// half to even; QuantizeLinear divides and rounds half to even.
+    Onnx,
+    /// TFLite / LiteRT: gemmlowp fixed point, a Q31 multiplier and a shift per channel
+    /// (rounding doubling high multiply, then rounding right shift); QUANTIZE rounds half
+    /// away from zero.
+    Tflite,
+}
+
+/// What an integer conv / matmul produces from its i32 accumulator
+/// `acc = bias[c] + sum (x - x.zero_point) * (w - w_zero[c])`.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum QOutput {
+    /// Requantised to `y`, saturated to [min, max] (the type's range, narrowed by a fused
+    /// ReLU / ReLU6).
+    Quantized { y: QParam, min: i32, max: i32 },
+    /// The accumulator itself, as ConvInteger / MatMulInteger give it (int32; converting it
+    /// to f32 rounds exactly like the Cast to float that always follows).
+    Accumulator,
+    /// Dequantised: `float(acc) * (sx * sw[c])` (QGemm without an output scale).
+    Real,
+}
+
+/// Integer conv / matmul parameters. The integer weights are the op's second input (a
+/// constant); scales and zero points are attributes, so a converter sees the whole
+/// quantised layer in one node.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct QLinear {
+    pub x: QParam,
+    /// One entry per output channel (per-channel weights) or a single one.
+    pub w_scale: Vec<f32>,
+    pub w_zero: Vec<i32>,
+    /// int32 bias per output channel, already in accumulator units; empty when none.
+    pub bias: Vec<i32>,
+    /// Extra factor on the requantisation scale (QGemm's alpha); 1 otherwise.
+    pub alpha: f32,
+    pub out: QOutput,
+    pub flavor: QFlavor,
+}
+
+/// A quantized elementwise binary op on two quantized tensors (numpy broadcasting).
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct QBinary {
+    /// Add or Mul.
+    pub op: BinaryOp,
+    pub a: QParam,
+    pub b: QParam,
+    pub y: QParam,
+    pub min: i32,
+    pub max: i32,
+    pub flavor: QFlavor,
+}
+
 /// The op set. A new variant breaks every exhaustive `match` that must decide its fate:
 /// execution, shape inference, and later whether it is outsourced or stays trusted.
 #[derive(Clone, Debug, PartialEq)]
@@ -256,6 +331,24 @@ pub enum Op {
         block: usize,
     },
     Identity,
+    /// Real values to integers: `clamp(round(x / scale) + zero_point, min, max)`.
+    Quantize {
+        q: QParam,
+        min: i32,
+        max: i32,
+        flavor: QFlavor,
+    },
+    /// Integers to real values: `scale * (q - zero_point)`.
+    Dequantize(QParam),
+    /// Integer convolution. Inputs: x (quantized, NCHW), w (constant integers, OIHW).
+    QConv {
+        conv: Conv,
+        q: QLinear,
+    },
+    /// Integer matmul of a [.., M, K] quantized input by a constant [K, N] integer matrix;
+    /// output channel = column.
+    QMatMul(QLinear),
+    QBinary(QBinary),
 }
 
 impl Op {
@@ -290,6 +383,13 @@ impl Op {
             Op::DepthToSpace { .. } => "DepthToSpace",
             Op::SpaceToDepth { .. } => "SpaceToDepth",
             Op::Identity => "Identity",
+            Op::Quantize { .. } => "Quantize",
+            Op::Dequantize(_) => "Dequantize",
+            Op::QConv { conv, .. } if conv.groups > 1 => "QDepthwiseOrGroupConv",
+            Op::QConv { .. } => "QConv",
+            Op::QMatMul(_) => "QMatMul",
+            Op::QBinary(b) if b.op == BinaryOp::Mul => "QMul",
+            Op::QBinary(_) => "QAdd",
         }
     }
 
@@ -297,6 +397,12 @@ impl Op {
     /// untrusted accelerator; everything else runs in the trusted core.
     pub fn is_linear(&self) -> bool {
         matches!(self, Op::Conv(_) | Op::ConvTranspose(_) | Op::MatMul)
+    }
+
+    /// Integer conv / matmul: linear in their integer inputs (before requantisation), so
+    /// a converter can later outsource them; the float schemes do not take them yet.
+    pub fn is_quantized_linear(&self) -> bool {
+        matches!(self, Op::QConv { .. } | Op::QMatMul(_))
     }
 }
 

@@ -5,8 +5,15 @@ use alloc::vec::Vec;
 
 use crate::{Error, Op, Result};
 
+/// Elements of a shape; saturates at `usize::MAX` when the product overflows, so such a
+/// shape never matches real data (use [`checked_numel`] to refuse it).
 pub fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    checked_numel(shape).unwrap_or(usize::MAX)
+}
+
+/// Elements of a shape, or `None` when the product overflows.
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
 }
 
 /// numpy broadcasting of two shapes.
@@ -68,6 +75,32 @@ pub fn window_out(
         return None;
     }
     Some((padded - eff) / stride + 1)
+}
+
+/// Per-channel parameters of an integer conv / matmul come one per output channel or once.
+fn check_qlinear(
+    node: &str,
+    q: &crate::QLinear,
+    channels: usize,
+    inputs: &[Vec<usize>],
+) -> Result<()> {
+    let fits = |n: usize| n == 1 || n == channels;
+    if !fits(q.w_scale.len())
+        || !fits(q.w_zero.len())
+        || !(q.bias.is_empty() || q.bias.len() == channels)
+    {
+        return Err(mismatch(
+            node,
+            format!(
+                "weight scales, zero points and bias for {channels} output channels (got {}, {}, {})",
+                q.w_scale.len(),
+                q.w_zero.len(),
+                q.bias.len()
+            ),
+            inputs,
+        ));
+    }
+    Ok(())
 }
 
 /// Infers the output shapes of `op` from its input shapes, checking that they fit.
@@ -220,9 +253,28 @@ pub fn infer_shapes(node: &str, op: &Op, inputs: &[Vec<usize>]) -> Result<Vec<Ve
             }
             vec![x]
         }
-        Op::Act(_) | Op::Identity => {
+        Op::Act(_) | Op::Identity | Op::Quantize { .. } | Op::Dequantize(_) => {
             need(1, 1, "1")?;
             vec![x]
+        }
+        Op::QConv { conv, q } => {
+            need(2, 2, "2")?;
+            let o = inputs[1].first().copied().unwrap_or(0);
+            check_qlinear(node, q, o, inputs)?;
+            return infer_shapes(node, &Op::Conv(conv.clone()), inputs);
+        }
+        Op::QMatMul(q) => {
+            need(2, 2, "2")?;
+            if inputs[1].len() != 2 {
+                return Err(mismatch(node, "a [K, N] weight matrix", inputs));
+            }
+            check_qlinear(node, q, inputs[1][1], inputs)?;
+            return infer_shapes(node, &Op::MatMul, inputs);
+        }
+        Op::QBinary(_) => {
+            need(2, 2, "2")?;
+            vec![broadcast_shapes(&inputs[0], &inputs[1])
+                .ok_or_else(|| mismatch(node, "broadcastable operands", inputs))?]
         }
         Op::Binary(_) => {
             need(2, 2, "2")?;
@@ -484,5 +536,14 @@ pub fn infer_shapes(node: &str, op: &Op, inputs: &[Vec<usize>]) -> Result<Vec<Ve
             vec![vec![x[0], x[1] * b * b, x[2] / b, x[3] / b]]
         }
     };
+    // A shape whose element count overflows can never be allocated or indexed: refused
+    // here, where every node is wired in.
+    if let Some(bad) = out.iter().find(|s| checked_numel(s).is_none()) {
+        return Err(mismatch(
+            node,
+            format!("an output shape {bad:?} with fewer than 2^64 elements"),
+            inputs,
+        ));
+    }
     Ok(out)
 }

@@ -16,6 +16,8 @@ pub mod gemm;
 pub mod layout;
 pub mod norm;
 pub mod pool;
+pub mod quant;
+pub mod ring;
 
 pub use error::{Error, Result};
 
@@ -92,6 +94,16 @@ pub fn eval_unchecked(op: &Op, x: &[&Tensor], outs: &[Vec<usize>]) -> Result<Vec
         Op::Resize(r) => one(layout::resize(x[0], r)),
         Op::DepthToSpace { block, crd } => one(layout::depth_to_space(x[0], *block, *crd, out)),
         Op::SpaceToDepth { block } => one(layout::space_to_depth(x[0], *block, out)),
+        Op::Quantize {
+            q,
+            min,
+            max,
+            flavor,
+        } => one(quant::quantize(x[0], *q, *min, *max, *flavor)),
+        Op::Dequantize(q) => one(quant::dequantize(x[0], *q)),
+        Op::QConv { conv, q } => one(quant::qconv2d(x[0], x[1], conv, q, out)),
+        Op::QMatMul(q) => one(quant::qmatmul(x[0], x[1], q, out)),
+        Op::QBinary(b) => one(quant::qbinary(x[0], x[1], b, out)),
     }
 }
 

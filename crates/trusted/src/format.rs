@@ -1,26 +1,58 @@
-//! What a protected package holds. The public part may be read by anyone; the secret part
-//! only ever exists in plaintext inside the trusted core (and the vendor's converter).
-//! Both are encoded with postcard; see docs/package-format.md.
+//! What a protected package holds (format version 3; docs/package-format.md).
+//!
+//! A package directory has four files:
+//! - `public.bin`: `SNPKGv3\0`, a u32 (LE) header length, the postcard-encoded
+//!   [`PublicHeader`], then every public layer's weights as little-endian blobs at the
+//!   offsets the header gives, each with its SHA-256. Anyone may read it; the host loads
+//!   the weights onto the accelerator, the trusted core only ever sees the header and, when
+//!   it needs one, a single layer's blob (checked against its hash).
+//! - `secret.sealed`: `SNSECv3\0`, the HPKE encapsulated key (32 bytes), then the HPKE
+//!   ciphertext (RFC 9180 base mode, X25519-HKDF-SHA256, HKDF-SHA256, ChaCha20-Poly1305;
+//!   info = [`HPKE_INFO`] ‖ package id, aad = SHA-256 of the public header region) of the
+//!   postcard-encoded [`SecretModel`]: what the core keeps resident.
+//! - `secret.chunks`: the large secret parts (weights of layers kept in the TEE, the paper
+//!   scheme's fixed masks and corrections), each ChaCha20-Poly1305-sealed under the
+//!   secret's chunk key with its index as nonce, streamed to the core one at a time:
+//!   `SNCHKv3\0`, a u32 count, per chunk its (offset, length) as two u64 (where the host
+//!   finds it; sizes follow from the architecture, which is public), then the data.
+//! - `package.sig`: `SNSIGv1\0`, the vendor's Ed25519 public key, and its signature over
+//!   [`signed_message`] (the hashes of the public header region and the sealed secret).
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
-use shadownet_ir::{Conv, ConvTranspose, Graph, Op, Tensor};
+use shadownet_ir::{Conv, ConvTranspose, Graph, IntTensor, Op, Tensor};
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
-/// File names inside a package directory.
+use crate::error::TeeError;
+
 pub const PUBLIC_FILE: &str = "public.bin";
 pub const SECRET_FILE: &str = "secret.sealed";
+pub const CHUNKS_FILE: &str = "secret.chunks";
+pub const SIGNATURE_FILE: &str = "package.sig";
 
-/// Magic and version at the start of `public.bin`.
-pub const PUBLIC_MAGIC: &[u8; 8] = b"SNPKGv2\0";
+pub const PUBLIC_MAGIC: &[u8; 8] = b"SNPKGv3\0";
+/// Magic of the format before version 3, refused with [`TeeError::UnsupportedVersion`].
+pub const PUBLIC_MAGIC_V2: &[u8; 8] = b"SNPKGv2\0";
+pub const SECRET_MAGIC: &[u8; 8] = b"SNSECv3\0";
+pub const SIGNATURE_MAGIC: &[u8; 8] = b"SNSIGv1\0";
+pub const CHUNKS_MAGIC: &[u8; 8] = b"SNCHKv3\0";
+pub const HPKE_INFO: &[u8] = b"shadownet/secret/v3";
+const SIGNATURE_DOMAIN: &[u8] = b"shadownet/package-signature/v3\0";
+
+/// Largest public header, secret or chunk the core accepts (a corrupt length must not make
+/// it allocate wildly).
+pub const MAX_HEADER: usize = 64 << 20;
+pub const MAX_CHUNK: usize = 256 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Scheme {
     /// The ShadowNet paper's scheme: fake-filter pairs, channel shuffle, masks fixed at
-    /// conversion.
+    /// conversion. Kept for comparison; known broken (docs/security.md).
     ShadowNet,
-    /// Group mixing through secret invertible matrices with fakes drawn from the layer's
-    /// own weights, one-time masks on every layer, and a Freivalds check of every result.
+    /// Exact masked arithmetic over Z/2^64 with one-time masks, dense secret mixing with
+    /// hidden groups, Freivalds-checked results, layers kept in the TEE where the static
+    /// attacks beat their floor (docs/schemes.md).
     Hardened,
 }
 
@@ -33,7 +65,7 @@ impl Scheme {
     }
 }
 
-/// The linear op the accelerator runs, with the transformed weights as its second input.
+/// The linear op the accelerator runs, with the public weights as its second input.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum LinearKind {
     Conv(Conv),
@@ -51,12 +83,51 @@ impl LinearKind {
         }
     }
 
-    /// The axis of the output that indexes filters.
+    /// The axis of the output (and of the input) that indexes channels.
     pub fn channel_axis(&self, rank: usize) -> usize {
         match self {
-            LinearKind::MatMul => rank - 1,
+            LinearKind::MatMul => rank.saturating_sub(1),
             _ => 1,
         }
+    }
+
+    /// The axis of the weight that indexes output channels (filters).
+    pub fn filter_axis(&self) -> usize {
+        match self {
+            LinearKind::Conv(_) => 0,
+            _ => 1,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WeightType {
+    /// f32: the paper scheme's transformed weights.
+    F32,
+    /// i32: the hardened scheme's quantised mixed weights, used over Z/2^64.
+    I32,
+}
+
+impl WeightType {
+    pub fn bytes(&self) -> usize {
+        4
+    }
+}
+
+/// Where one public layer's weights lie in `public.bin` and what they hash to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WeightMeta {
+    pub dtype: WeightType,
+    pub shape: Vec<usize>,
+    /// Byte offset from the start of the weights region (just after the header).
+    pub offset: u64,
+    pub sha256: [u8; 32],
+}
+
+impl WeightMeta {
+    /// Bytes of the blob, or `None` if the shape overflows.
+    pub fn byte_len(&self) -> Option<usize> {
+        checked_numel(&self.shape)?.checked_mul(self.dtype.bytes())
     }
 }
 
@@ -64,285 +135,330 @@ impl LinearKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PublicLayer {
     pub kind: LinearKind,
-    /// Transformed weights: fake filters mixed in, scaled, shuffled.
-    pub weight: Tensor,
+    pub weight: WeightMeta,
+    /// The tensor the accelerator is given (public layout: channels in the secret order).
     pub input_shape: Vec<usize>,
+    /// The tensor it returns (public channels: real ones mixed with fakes).
     pub output_shape: Vec<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PublicPackage {
+pub struct PublicHeader {
     pub scheme: Scheme,
-    /// Random per conversion; binds the public part to its sealed secret.
-    pub conversion_id: [u8; 16],
+    /// Random per conversion, from the OS: names the package (pool files, counters are
+    /// keyed by secret randomness, not by this). Never derived from anything secret.
+    pub package_id: [u8; 16],
     pub inputs: Vec<(String, Vec<usize>)>,
     pub outputs: Vec<(String, Vec<usize>)>,
     /// In the order the trusted core requests them.
     pub layers: Vec<PublicLayer>,
 }
 
-/// How the trusted core turns the accelerator's output back into the real one.
+/// A public layer's weights, decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PublicWeight {
+    F32(Tensor),
+    I32(IntTensor),
+}
+
+/// The parts of `public.bin`: the header region (magic, length, header: what the
+/// signature and the sealed secret are bound to), the decoded header, and the weights.
+pub struct PublicParts<'a> {
+    pub header_region: &'a [u8],
+    pub header: PublicHeader,
+    pub weights: &'a [u8],
+}
+
+/// Splits and decodes `public.bin` (or just its header region, with empty weights).
+pub fn split_public(bytes: &[u8]) -> Result<PublicParts<'_>, TeeError> {
+    if bytes.len() >= 8 && &bytes[..8] == PUBLIC_MAGIC_V2 {
+        return Err(TeeError::UnsupportedVersion);
+    }
+    if bytes.len() < 12 || &bytes[..8] != PUBLIC_MAGIC {
+        return Err(TeeError::CorruptPublic);
+    }
+    let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+    if len > MAX_HEADER {
+        return Err(TeeError::TooLarge);
+    }
+    let end = 12usize
+        .checked_add(len)
+        .filter(|&e| e <= bytes.len())
+        .ok_or(TeeError::CorruptPublic)?;
+    let header: PublicHeader =
+        postcard::from_bytes(&bytes[12..end]).map_err(|_| TeeError::CorruptPublic)?;
+    validate_public(&header)?;
+    Ok(PublicParts {
+        header_region: &bytes[..end],
+        header,
+        weights: &bytes[end..],
+    })
+}
+
+/// Shapes and sizes of a public header checked before anything indexes with them.
+pub fn validate_public(h: &PublicHeader) -> Result<(), TeeError> {
+    let bad = TeeError::CorruptPublic;
+    for (_, s) in h.inputs.iter().chain(&h.outputs) {
+        checked_numel(s).ok_or(bad)?;
+    }
+    for l in &h.layers {
+        let w = &l.weight;
+        w.byte_len().ok_or(bad)?;
+        checked_numel(&l.input_shape).ok_or(bad)?;
+        checked_numel(&l.output_shape).ok_or(bad)?;
+        let want_type = match h.scheme {
+            Scheme::ShadowNet => WeightType::F32,
+            Scheme::Hardened => WeightType::I32,
+        };
+        if w.dtype != want_type {
+            return Err(bad);
+        }
+        // The op must accept these shapes and produce the advertised output.
+        let out = shadownet_ir::infer_shapes(
+            "public layer",
+            &l.kind.op(),
+            &[l.input_shape.clone(), w.shape.clone()],
+        )
+        .map_err(|_| bad)?;
+        if out.len() != 1 || out[0] != l.output_shape {
+            return Err(bad);
+        }
+    }
+    Ok(())
+}
+
+/// Decodes the weights of public layer `l` from its blob, checking length and hash.
+pub fn decode_weight(l: &PublicLayer, blob: &[u8]) -> Result<PublicWeight, TeeError> {
+    let w = &l.weight;
+    if Some(blob.len()) != w.byte_len() || crate::crypto::sha256(blob) != w.sha256 {
+        return Err(TeeError::BadChunk);
+    }
+    Ok(match w.dtype {
+        WeightType::F32 => PublicWeight::F32(Tensor {
+            shape: w.shape.clone(),
+            data: blob
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        }),
+        WeightType::I32 => PublicWeight::I32(IntTensor {
+            shape: w.shape.clone(),
+            data: blob
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        }),
+    })
+}
+
+/// The blob of layer `l` within the weights region of `public.bin`.
+pub fn weight_blob<'a>(weights: &'a [u8], l: &PublicLayer) -> Result<&'a [u8], TeeError> {
+    let len = l.weight.byte_len().ok_or(TeeError::CorruptPublic)?;
+    let start = usize::try_from(l.weight.offset).map_err(|_| TeeError::CorruptPublic)?;
+    start
+        .checked_add(len)
+        .and_then(|end| weights.get(start..end))
+        .ok_or(TeeError::CorruptPublic)
+}
+
+/// What the vendor signs: both parts the core opens, by hash.
+pub fn signed_message(header_region: &[u8], sealed: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIGNATURE_DOMAIN.len() + 64);
+    m.extend_from_slice(SIGNATURE_DOMAIN);
+    m.extend_from_slice(&crate::crypto::sha256(header_region));
+    m.extend_from_slice(&crate::crypto::sha256(sealed));
+    m
+}
+
+/// `package.sig`: the signer's public key and the signature.
+pub struct SignatureFile {
+    pub vendor: [u8; 32],
+    pub signature: [u8; 64],
+}
+
+impl SignatureFile {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = SIGNATURE_MAGIC.to_vec();
+        v.extend_from_slice(&self.vendor);
+        v.extend_from_slice(&self.signature);
+        v
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, TeeError> {
+        if b.len() != 8 + 32 + 64 || &b[..8] != SIGNATURE_MAGIC {
+            return Err(TeeError::CorruptSignature);
+        }
+        let mut vendor = [0u8; 32];
+        vendor.copy_from_slice(&b[8..40]);
+        let mut signature = [0u8; 64];
+        signature.copy_from_slice(&b[40..104]);
+        Ok(SignatureFile { vendor, signature })
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The secret part.
+
+/// The paper's LinearTransform / ShuffleChannel (see docs/schemes.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Restore {
-    /// ShadowNet's LinearTransform: real channel i =
-    /// scale[i]·y'[real_pos[i]] + fake_scale[i]·y'[fake_pos[i]].
+pub enum PaperTransform {
+    /// real channel i = scale[i]·y'[real_pos[i]] + fake_scale[i]·y'[fake_pos[i]].
     FakePairs {
         real_pos: Vec<u32>,
         fake_pos: Vec<u32>,
         scale: Vec<f32>,
         fake_scale: Vec<f32>,
     },
-    /// ShadowNet's ShuffleChannel for grouped/depthwise convs: public group q computes real
-    /// group perm[q] with every output channel divided by its scale.
+    /// Grouped and depthwise convs: public group q computes real group perm[q], every
+    /// output channel divided by its scale; the input's channel groups are sent in the
+    /// same order.
     GroupShuffle {
         groups: usize,
         perm: Vec<u32>,
         scale: Vec<f32>,
     },
-    /// The hardened LinearTransform: real channel i = Σ (coeff · y'[pos]) over `taps[i]`.
-    /// When `in_perm` is not empty the input's channel blocks are permuted first, public
-    /// block q holding real block in_perm[q] (depthwise layers).
-    Mix {
-        taps: Vec<Vec<(u32, f32)>>,
-        in_perm: Vec<u32>,
-    },
 }
 
-/// A fixed mask, kept as bfloat16. Any value hides as well as any other (the correction
-/// is computed from exactly these values), and half the bytes halve what the trusted core
-/// keeps resident and streams through memory for it on every layer.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Mask {
-    pub shape: Vec<usize>,
-    /// The upper 16 bits of each f32 value.
-    pub bits: Vec<u16>,
+/// The paper scheme's fixed mask of one layer: its bfloat16 values (chunk `mask`, in the
+/// public input layout) and the restored image of the mask (chunk `correction`, f32, real
+/// output layout, the bias already subtracted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FixedMask {
+    pub mask: u32,
+    pub correction: u32,
 }
 
-impl Mask {
-    /// Rounds `t` to bfloat16 (to nearest, ties to even).
-    pub fn from_f32(t: &Tensor) -> Mask {
-        let bits = t
-            .data
-            .iter()
-            .map(|v| {
-                let b = v.to_bits();
-                let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1));
-                (rounded >> 16) as u16
-            })
-            .collect();
-        Mask {
-            shape: t.shape.clone(),
-            bits,
-        }
-    }
-
-    #[inline]
-    pub fn value(bits: u16) -> f32 {
-        f32::from_bits((bits as u32) << 16)
-    }
-
-    pub fn to_tensor(&self) -> Tensor {
-        Tensor {
-            shape: self.shape.clone(),
-            data: self.bits.iter().map(|&b| Mask::value(b)).collect(),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.bits.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.bits.is_empty()
-    }
+/// An exactly masked layer of the hardened scheme. The accelerator computes
+/// T' = Wq ⋆ x̃ over Z/2^64 on x̃ = x_q + r (x_q the input quantised with a per-inference
+/// scale σ, r a one-time mask uniform over the ring); the core recovers T = T' − Wq ⋆ r
+/// (the correction, precomputed in the pool), checks it, and restores every real channel
+/// from its mixing group's public channels: σ · Σ_j coeff[j] · T[public[j]] + bias.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExactLayer {
+    /// Public input channel q carries real channel `in_perm[q]` (empty: the identity).
+    pub in_perm: Vec<u32>,
+    /// Bits of the quantised input, sign included.
+    pub act_bits: u32,
+    /// max |T| over every input the quantisation can produce: the result of an honest
+    /// accelerator never exceeds it (Σ_k |Wq[o, k]| · (2^(act_bits−1) − 1)).
+    pub bound: u64,
+    pub groups: Vec<MixGroup>,
 }
 
-impl Serialize for Mask {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeTuple;
-        let bytes: Vec<u8> = self.bits.iter().flat_map(|b| b.to_le_bytes()).collect();
-        let mut t = s.serialize_tuple(2)?;
-        t.serialize_element(&self.shape)?;
-        t.serialize_element(&Bytes(&bytes))?;
-        t.end()
-    }
-}
-
-struct Bytes<'a>(&'a [u8]);
-
-impl Serialize for Bytes<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Mask {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{self, SeqAccess, Visitor};
-        struct Halves;
-        impl<'de> Visitor<'de> for Halves {
-            type Value = Vec<u16>;
-            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-                f.write_str("little-endian bfloat16 bytes")
-            }
-            fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<Vec<u16>, E> {
-                if !b.len().is_multiple_of(2) {
-                    return Err(E::invalid_length(b.len(), &self));
-                }
-                Ok(b.chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                    .collect())
-            }
-        }
-        struct HalvesField(Vec<u16>);
-        impl<'de> Deserialize<'de> for HalvesField {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                d.deserialize_bytes(Halves).map(HalvesField)
-            }
-        }
-        struct MaskVisitor;
-        impl<'de> Visitor<'de> for MaskVisitor {
-            type Value = Mask;
-            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-                f.write_str("a mask (shape, bfloat16 data)")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Mask, A::Error> {
-                let shape: Vec<usize> = seq
-                    .next_element()?
-                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
-                let HalvesField(bits) = seq
-                    .next_element()?
-                    .ok_or_else(|| de::Error::invalid_length(1, &self))?;
-                let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-                if n != Some(bits.len()) {
-                    return Err(de::Error::custom("mask data does not match its shape"));
-                }
-                Ok(Mask { shape, bits })
-            }
-        }
-        d.deserialize_tuple(2, MaskVisitor)
-    }
+/// One mixing group: the real channels `real` restored from the public channels `public`,
+/// real channel `real[i]` = Σ_j coeffs[i·public.len() + j] · T[public[j]].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MixGroup {
+    pub public: Vec<u32>,
+    pub real: Vec<u32>,
+    pub coeffs: Vec<f32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SecretLayer {
+pub enum LayerRestore {
+    Paper {
+        transform: PaperTransform,
+        /// `None` for layers fed straight by a model input (the user's input is not the
+        /// vendor's secret).
+        fixed: Option<FixedMask>,
+    },
+    Exact(ExactLayer),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerSecret {
     /// Index of the linear node in the secret graph.
     pub node: u32,
-    /// Shape of the accelerator's (transformed) output, checked on every reply.
-    pub public_output: Vec<usize>,
-    pub restore: Restore,
     /// Real bias per output channel (removed from the public layer).
     pub bias: Option<Vec<f32>>,
-    /// Mask added to the (public-layout) input; `None` for layers fed by a model input.
-    pub mask: Option<Mask>,
-    /// The restored image of the mask, `restore(public_op(mask))`, subtracted after restoring.
-    pub mask_correction: Option<Tensor>,
-    /// Hardened scheme: per-channel standard deviation of the one-time masks.
-    pub mask_rms: Vec<f32>,
+    pub restore: LayerRestore,
+}
+
+/// A layer run entirely inside the trusted core, whose constant inputs (weights, bias)
+/// stream in from chunk `chunk` (postcard `Vec<Tensor>`, for the node's inputs 1..).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeptLayer {
+    pub node: u32,
+    pub chunk: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkMeta {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// 32 secret bytes, wiped when dropped.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct Key32(pub [u8; 32]);
+
+impl core::fmt::Debug for Key32 {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Key32(..)")
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SecretModel {
     pub scheme: Scheme,
-    pub conversion_id: [u8; 16],
-    /// The whole model, minus the weights of the outsourced layers.
+    pub package_id: [u8; 16],
+    /// Secret randomness drawn at conversion: everything the core derives for this
+    /// package on a device (pool keys, counter names) comes from it and the device key.
+    pub root: Key32,
+    /// Key of the chunks in `secret.chunks`.
+    pub chunk_key: Key32,
+    /// The whole model; the outsourced layers' and kept layers' weights stripped.
     pub graph: Graph,
-    /// Indexed like `PublicPackage::layers`.
-    pub layers: Vec<SecretLayer>,
+    /// Indexed like `PublicHeader::layers`.
+    pub layers: Vec<LayerSecret>,
+    pub kept: Vec<KeptLayer>,
+    pub chunks: Vec<ChunkMeta>,
 }
 
-impl SecretModel {
-    /// Bytes held by the model's tensors inside the trusted core.
-    pub fn resident_bytes(&self) -> usize {
-        let consts: usize = self
-            .graph
-            .values
-            .iter()
-            .filter_map(|v| v.data.as_ref())
-            .map(|t| t.len() * 4)
-            .sum();
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                let r = match &l.restore {
-                    Restore::FakePairs { scale, .. } => scale.len() * 16,
-                    Restore::GroupShuffle { perm, scale, .. } => perm.len() * 4 + scale.len() * 4,
-                    Restore::Mix { taps, in_perm } => {
-                        taps.iter().map(|t| t.len() * 8).sum::<usize>() + in_perm.len() * 4
-                    }
-                };
-                r + l.bias.as_ref().map_or(0, |b| b.len() * 4)
-                    + l.mask.as_ref().map_or(0, |t| t.len() * 2)
-                    + l.mask_correction.as_ref().map_or(0, |t| t.len() * 4)
-                    + l.mask_rms.len() * 4
-            })
-            .sum();
-        consts + layers
-    }
-
-    /// Peak bytes of activations alive at once during one inference, including the
-    /// masked input and raw accelerator output of the layer in flight.
-    pub fn peak_activation_bytes(&self, public: &[PublicLayer]) -> usize {
-        let g = &self.graph;
-        let last = g.last_uses();
-        let size = |v: usize| g.values[v].shape.iter().product::<usize>() * 4;
-        let mut live: usize = g.inputs.iter().map(|&i| size(i)).sum();
-        let mut peak = live;
-        let mut layer_of = alloc::vec![None; g.nodes.len()];
-        for (k, l) in self.layers.iter().enumerate() {
-            if let Some(slot) = layer_of.get_mut(l.node as usize) {
-                *slot = Some(k);
-            }
-        }
-        for (k, n) in g.nodes.iter().enumerate() {
-            let outs: usize = n.outputs.iter().map(|&o| size(o)).sum();
-            let transient = layer_of[k].and_then(|l| public.get(l)).map_or(0, |p| {
-                (p.input_shape.iter().product::<usize>() + p.output_shape.iter().product::<usize>())
-                    * 4
-            });
-            peak = peak.max(live + outs + transient);
-            live += outs;
-            for (j, &i) in n.inputs.iter().enumerate() {
-                let first_mention = !n.inputs[..j].contains(&i);
-                if first_mention
-                    && last[i] == k
-                    && g.values[i].data.is_none()
-                    && !g.inputs.contains(&i)
-                {
-                    live = live.saturating_sub(size(i));
-                }
-            }
-        }
-        peak
-    }
+/// Elements of a shape, or `None` when the product overflows.
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn masks_round_to_nearest_bfloat16_and_survive_encoding() {
-        let t = Tensor {
-            shape: alloc::vec![2, 3],
-            // 1 + 2^-8 is a tie (rounds to even: 1); 1 + 3·2^-8 rounds up to 1 + 2^-6.
-            data: alloc::vec![1.0, 1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -2.5, 0.0, 3.0e-3],
-        };
-        let m = Mask::from_f32(&t);
-        let back = m.to_tensor();
-        assert_eq!(back.data[..4], [1.0, 1.0, 1.0 + 1.0 / 64.0, -2.5]);
-        for (a, b) in back.data.iter().zip(&t.data) {
-            assert!((a - b).abs() <= b.abs() / 256.0, "{a} vs {b}");
-        }
-        let bytes = postcard::to_allocvec(&m).unwrap();
-        assert_eq!(postcard::from_bytes::<Mask>(&bytes).unwrap(), m);
-        // Data that does not fill the shape is refused.
-        let short = Mask {
-            shape: alloc::vec![2, 4],
-            bits: m.bits.clone(),
-        };
-        let bytes = postcard::to_allocvec(&short).unwrap();
-        assert!(postcard::from_bytes::<Mask>(&bytes).is_err());
+/// The chunk table at the start of `secret.chunks`: per chunk, (offset, length) in the
+/// whole file. For the host, which hands chunks to the core by index.
+pub fn chunk_table(file: &[u8]) -> Option<Vec<ChunkMeta>> {
+    if file.len() < 12 || &file[..8] != CHUNKS_MAGIC {
+        return None;
     }
+    let n = u32::from_le_bytes([file[8], file[9], file[10], file[11]]) as usize;
+    let table_end = n.checked_mul(16)?.checked_add(12)?;
+    let table = file.get(12..table_end)?;
+    let metas: Vec<ChunkMeta> = table
+        .chunks_exact(16)
+        .map(|e| {
+            let w = |b: &[u8]| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+            ChunkMeta {
+                offset: w(&e[..8]),
+                len: w(&e[8..]),
+            }
+        })
+        .collect();
+    let ok = metas.iter().all(|m| {
+        m.offset
+            .checked_add(m.len)
+            .is_some_and(|end| end <= file.len() as u64 && m.offset >= table_end as u64)
+    });
+    ok.then_some(metas)
+}
+
+/// Encodes `secret.chunks` from sealed chunks.
+pub fn encode_chunks(sealed: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = CHUNKS_MAGIC.to_vec();
+    out.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+    let mut at = (12 + 16 * sealed.len()) as u64;
+    for c in sealed {
+        out.extend_from_slice(&at.to_le_bytes());
+        out.extend_from_slice(&(c.len() as u64).to_le_bytes());
+        at += c.len() as u64;
+    }
+    for c in sealed {
+        out.extend_from_slice(c);
+    }
+    out
 }

@@ -1,26 +1,89 @@
 //! Accelerator backends: they run public (transformed) linear layers and nothing else.
-use shadownet_ir::Tensor;
-use shadownet_trusted::PublicLayer;
+use std::sync::{Arc, Mutex};
+
+use shadownet_ir::{RingTensor, Tensor};
+use shadownet_trusted::format::{self, PublicHeader, PublicLayer, PublicWeight};
+use shadownet_trusted::{LinearKind, Payload};
 
 use crate::{Error, Result};
+
+/// The public part of a package as the host holds it: the header and every layer's
+/// weights, decoded and checked against their hashes.
+#[derive(Clone, Debug)]
+pub struct PublicModel {
+    pub header: PublicHeader,
+    pub weights: Vec<PublicWeight>,
+}
+
+impl PublicModel {
+    /// Decodes `public.bin`.
+    pub fn decode(bytes: &[u8]) -> std::result::Result<(Self, usize), shadownet_trusted::TeeError> {
+        let parts = format::split_public(bytes)?;
+        let mut weights = Vec::with_capacity(parts.header.layers.len());
+        for l in &parts.header.layers {
+            let blob = format::weight_blob(parts.weights, l)?;
+            weights.push(format::decode_weight(l, blob)?);
+        }
+        let header_len = parts.header_region.len();
+        Ok((
+            PublicModel {
+                header: parts.header,
+                weights,
+            },
+            header_len,
+        ))
+    }
+}
 
 /// A device that runs the package's public linear layers.
 pub trait Accelerator: Send {
     fn name(&self) -> &str;
-    /// Called once per package with every public layer, e.g. to upload weights.
-    fn load(&mut self, layers: &[PublicLayer]) -> Result<()>;
+    /// Called once per package with the public part, e.g. to upload weights.
+    fn load(&mut self, model: &PublicModel) -> Result<()>;
+    /// A layer with f32 weights (the paper scheme).
     fn run(&mut self, layer: u32, input: &Tensor) -> Result<Tensor>;
+    /// A layer with integer weights over Z/2^64 (the hardened scheme).
+    fn run_ring(&mut self, layer: u32, input: &RingTensor) -> Result<RingTensor>;
 }
 
-/// The multi-threaded CPU backend: the same packed-GEMM kernels as plain inference.
+impl<A: Accelerator + ?Sized> Accelerator for Box<A> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn load(&mut self, model: &PublicModel) -> Result<()> {
+        (**self).load(model)
+    }
+    fn run(&mut self, layer: u32, input: &Tensor) -> Result<Tensor> {
+        (**self).run(layer, input)
+    }
+    fn run_ring(&mut self, layer: u32, input: &RingTensor) -> Result<RingTensor> {
+        (**self).run_ring(layer, input)
+    }
+}
+
+/// The multi-threaded CPU backend: the host's fast kernels.
 #[derive(Default)]
 pub struct CpuAccelerator {
-    layers: Vec<PublicLayer>,
+    layers: Vec<(PublicLayer, PublicWeight)>,
 }
 
 impl CpuAccelerator {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn layer(&self, layer: u32, shape: &[usize]) -> Result<&(PublicLayer, PublicWeight)> {
+        let l = self
+            .layers
+            .get(layer as usize)
+            .ok_or_else(|| Error::Accel(format!("no layer {layer} loaded")))?;
+        if shape != l.0.input_shape {
+            return Err(Error::Accel(format!(
+                "layer {layer}: input shape {shape:?}, expected {:?}",
+                l.0.input_shape
+            )));
+        }
+        Ok(l)
     }
 }
 
@@ -29,26 +92,39 @@ impl Accelerator for CpuAccelerator {
         "cpu"
     }
 
-    fn load(&mut self, layers: &[PublicLayer]) -> Result<()> {
-        self.layers = layers.to_vec();
+    fn load(&mut self, model: &PublicModel) -> Result<()> {
+        self.layers = model
+            .header
+            .layers
+            .iter()
+            .cloned()
+            .zip(model.weights.iter().cloned())
+            .collect();
         Ok(())
     }
 
     fn run(&mut self, layer: u32, input: &Tensor) -> Result<Tensor> {
-        let l = self
-            .layers
-            .get(layer as usize)
-            .ok_or_else(|| Error::Accel(format!("no layer {layer} loaded")))?;
-        if input.shape != l.input_shape {
-            return Err(Error::Accel(format!(
-                "layer {layer}: input shape {:?}, expected {:?}",
-                input.shape, l.input_shape
-            )));
-        }
-        let mut out =
-            shadownet_cpu::eval(&format!("layer{layer}"), &l.kind.op(), &[input, &l.weight])
-                .map_err(|e| Error::Accel(e.to_string()))?;
+        let (l, w) = self.layer(layer, &input.shape)?;
+        let PublicWeight::F32(w) = w else {
+            return Err(Error::Accel(format!("layer {layer} has integer weights")));
+        };
+        let mut out = shadownet_cpu::eval("public layer", &l.kind.op(), &[input, w])
+            .map_err(|e| Error::Accel(e.to_string()))?;
         Ok(out.remove(0))
+    }
+
+    fn run_ring(&mut self, layer: u32, input: &RingTensor) -> Result<RingTensor> {
+        let (l, w) = self.layer(layer, &input.shape)?;
+        let PublicWeight::I32(w) = w else {
+            return Err(Error::Accel(format!("layer {layer} has f32 weights")));
+        };
+        Ok(match &l.kind {
+            LinearKind::Conv(c) => shadownet_cpu::ring::conv2d(input, w, c, &l.output_shape),
+            LinearKind::ConvTranspose(c) => {
+                shadownet_kernels::ring::conv_transpose2d(input, w, c, &l.output_shape)
+            }
+            LinearKind::MatMul => shadownet_cpu::ring::matmul(input, w),
+        })
     }
 }
 
@@ -56,14 +132,14 @@ impl Accelerator for CpuAccelerator {
 #[derive(Clone, Debug)]
 pub struct Observed {
     pub layer: u32,
-    pub input: Tensor,
-    pub output: Tensor,
+    pub input: Payload,
+    pub output: Payload,
 }
 
 /// Wraps a backend and records every tensor it receives and returns (tests, attacks).
 pub struct SpyAccelerator<A> {
     inner: A,
-    pub seen: std::sync::Arc<std::sync::Mutex<Vec<Observed>>>,
+    pub seen: Arc<Mutex<Vec<Observed>>>,
 }
 
 impl<A: Accelerator> SpyAccelerator<A> {
@@ -73,6 +149,16 @@ impl<A: Accelerator> SpyAccelerator<A> {
             seen: Default::default(),
         }
     }
+
+    fn record(&self, layer: u32, input: Payload, output: Payload) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.push(Observed {
+                layer,
+                input,
+                output,
+            });
+        }
+    }
 }
 
 impl<A: Accelerator> Accelerator for SpyAccelerator<A> {
@@ -80,19 +166,27 @@ impl<A: Accelerator> Accelerator for SpyAccelerator<A> {
         "spy"
     }
 
-    fn load(&mut self, layers: &[PublicLayer]) -> Result<()> {
-        self.inner.load(layers)
+    fn load(&mut self, model: &PublicModel) -> Result<()> {
+        self.inner.load(model)
     }
 
     fn run(&mut self, layer: u32, input: &Tensor) -> Result<Tensor> {
         let output = self.inner.run(layer, input)?;
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.push(Observed {
-                layer,
-                input: input.clone(),
-                output: output.clone(),
-            });
-        }
+        self.record(
+            layer,
+            Payload::F32(input.clone()),
+            Payload::F32(output.clone()),
+        );
+        Ok(output)
+    }
+
+    fn run_ring(&mut self, layer: u32, input: &RingTensor) -> Result<RingTensor> {
+        let output = self.inner.run_ring(layer, input)?;
+        self.record(
+            layer,
+            Payload::Ring(input.clone()),
+            Payload::Ring(output.clone()),
+        );
         Ok(output)
     }
 }

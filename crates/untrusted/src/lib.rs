@@ -1,13 +1,15 @@
-//! The untrusted host. It sees only the public part of a package and the masked,
-//! transformed tensors the trusted core chooses to hand out; it never holds a real
-//! weight, bias, mask, scale, permutation or plain activation.
+//! The untrusted host. It sees only the public part of a package, the sealed chunks and
+//! pool entries it stores, and the masked, transformed tensors the trusted core chooses to
+//! hand out; it never holds a real weight, bias, mask, scale, permutation or plain
+//! activation (in `--enclave process` mode it never holds the device key either).
 pub mod accel;
 pub mod enclave;
 mod host;
 
-pub use accel::{Accelerator, CpuAccelerator, SpyAccelerator};
-pub use enclave::{Enclave, FilePlatform, InProcEnclave, MemoryPlatform, ProcessEnclave};
-pub use host::SecureModel;
+pub use accel::{Accelerator, CpuAccelerator, Observed, PublicModel, SpyAccelerator};
+pub use enclave::{Enclave, InProcEnclave, ProcessEnclave};
+pub use host::{SecureModel, Stats};
+pub use shadownet_enclave::{FilePlatform, MemoryPlatform};
 
 use shadownet_trusted::TeeError;
 
@@ -18,6 +20,8 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    #[error("{path}: {what}")]
+    BadFile { path: String, what: String },
     #[error("{0}")]
     Tee(TeeError),
     #[error("accelerator: {0}")]

@@ -1,11 +1,13 @@
 //! ONNX importer: decodes a ModelProto, fixes every shape statically (free input dims come
 //! from the user), folds shape arithmetic away and maps the remaining nodes onto the IR.
 mod ops;
+pub use ops::OPSET_MAX;
 #[rustfmt::skip]
 pub mod proto;
+mod quant;
 mod tensor;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::rc::Rc;
 
@@ -36,6 +38,18 @@ impl Val {
 pub(crate) struct Importer<'a> {
     g: Graph,
     vals: HashMap<String, Val>,
+    /// Element types of integer constants and quantized activations, by name: a zero
+    /// point's type fixes the saturation range.
+    elem: HashMap<String, i32>,
+    /// DequantizeLinear outputs and where their integers come from (QDQ fusion).
+    dq: HashMap<String, quant::Dq>,
+    /// Every node of the graph, the nodes reading each value, and the graph outputs, so a
+    /// QDQ group can be recognised from its first node.
+    nodes: &'a [NodeProto],
+    consumers: HashMap<String, Vec<usize>>,
+    graph_outputs: HashSet<String>,
+    /// Nodes already absorbed into a fused op.
+    skip: HashSet<usize>,
     /// Constants already placed in the graph, by name, so shared weights stay shared.
     placed: HashMap<String, ValueId>,
     opset: i64,
@@ -72,9 +86,24 @@ pub fn import(bytes: &[u8], base_dir: Option<&Path>, input_shapes: &InputShapes)
         .find(|o| matches!(o.domain(), "" | "ai.onnx"))
         .map(|o| o.version())
         .unwrap_or(21);
+    let mut consumers: HashMap<String, Vec<usize>> = HashMap::new();
+    for (k, n) in graph.node.iter().enumerate() {
+        for i in n.input.iter().filter(|i| !i.is_empty()) {
+            let v = consumers.entry(i.clone()).or_default();
+            if v.last() != Some(&k) {
+                v.push(k);
+            }
+        }
+    }
     let mut im = Importer {
         g: Graph::new(),
         vals: HashMap::new(),
+        elem: HashMap::new(),
+        dq: HashMap::new(),
+        nodes: &graph.node,
+        consumers,
+        graph_outputs: graph.output.iter().map(|o| o.name().to_string()).collect(),
+        skip: HashSet::new(),
         placed: HashMap::new(),
         opset,
         base_dir,
@@ -82,6 +111,7 @@ pub fn import(bytes: &[u8], base_dir: Option<&Path>, input_shapes: &InputShapes)
     };
     for init in &graph.initializer {
         let t = tensor::from_proto(init, base_dir)?;
+        im.elem.insert(init.name().to_string(), init.data_type());
         im.set_const(init.name(), t);
     }
     im.add_inputs(&graph.input, input_shapes)?;
@@ -119,6 +149,46 @@ pub fn import(bytes: &[u8], base_dir: Option<&Path>, input_shapes: &InputShapes)
         im.g.outputs.push(id);
     }
     Ok(im.g)
+}
+
+/// Every op of the model the importer does not map: (domain-qualified op, node count,
+/// first node's name), in order of first appearance.
+pub fn unsupported_ops(bytes: &[u8]) -> Result<Vec<(String, usize, String)>> {
+    let model = ModelProto::decode(bytes).map_err(|e| Error::Decode {
+        format: "ONNX",
+        detail: e.to_string(),
+    })?;
+    let mut out: Vec<(String, usize, String)> = Vec::new();
+    for (k, n) in model.graph.iter().flat_map(|g| g.node.iter()).enumerate() {
+        if ops::is_mapped(n.domain(), n.op_type()) {
+            continue;
+        }
+        let op = match n.domain() {
+            "" | "ai.onnx" => n.op_type().to_string(),
+            d => format!("{d}.{}", n.op_type()),
+        };
+        match out.iter_mut().find(|(o, _, _)| *o == op) {
+            Some(e) => e.1 += 1,
+            None => {
+                let node = match n.name() {
+                    "" => format!("{}#{k}", n.op_type()),
+                    s => s.to_string(),
+                };
+                out.push((op, 1, node));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The ops the importer maps: (domain, op, first opset, last opset).
+pub fn supported_ops() -> Vec<(&'static str, &'static str, i64, i64)> {
+    let mut v: Vec<_> = ops::ONNX_OPS
+        .iter()
+        .map(|&(o, a, b)| ("", o, a, b))
+        .collect();
+    v.extend(ops::CONTRIB.iter().map(|&o| ("com.microsoft", o, 1, 1)));
+    v
 }
 
 fn dim_text(d: &proto::tensor_shape_proto::Dimension) -> String {
@@ -340,11 +410,22 @@ impl<'a> Importer<'a> {
     }
 
     fn node(&mut self, index: usize, n: &NodeProto) -> Result<()> {
+        if self.skip.contains(&index) {
+            return Ok(());
+        }
         let name = match n.name() {
             "" => format!("{}#{index}", n.op_type()),
             s => s.to_string(),
         };
-        if !matches!(n.domain(), "" | "ai.onnx") {
+        let contrib = n.domain() == "com.microsoft" && ops::CONTRIB.contains(&n.op_type());
+        if matches!(n.domain(), "" | "ai.onnx") && !ops::is_mapped("", n.op_type()) {
+            return Err(Error::Unsupported {
+                node: name,
+                op: n.op_type().to_string(),
+                detail: String::new(),
+            });
+        }
+        if !matches!(n.domain(), "" | "ai.onnx") && !contrib {
             return Err(Error::Unsupported {
                 node: name,
                 op: n.op_type().to_string(),
@@ -372,5 +453,49 @@ impl<'a> Importer<'a> {
             opset: self.opset,
         };
         self.map_node(&ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every listed op reaches a mapping of its own (with no inputs it fails on those,
+    /// never on the fallback arm), so the table and the dispatch cannot drift apart.
+    #[test]
+    fn every_listed_op_is_mapped() {
+        for (domain, op, _, last) in supported_ops() {
+            let n = NodeProto {
+                op_type: Some(op.to_string()),
+                domain: Some(domain.to_string()),
+                ..Default::default()
+            };
+            let mut im = Importer {
+                g: Graph::new(),
+                vals: HashMap::new(),
+                elem: HashMap::new(),
+                dq: HashMap::new(),
+                nodes: &[],
+                consumers: HashMap::new(),
+                graph_outputs: HashSet::new(),
+                skip: HashSet::new(),
+                placed: HashMap::new(),
+                opset: last,
+                base_dir: None,
+                counter: 0,
+            };
+            let ctx = ops::Ctx {
+                name: op.to_string(),
+                p: &n,
+                ins: vec![],
+                opset: last,
+            };
+            if let Err(e) = im.map_node(&ctx) {
+                assert!(
+                    !e.to_string().contains(ops::NOT_MAPPED),
+                    "{domain}.{op}: {e}"
+                );
+            }
+        }
     }
 }

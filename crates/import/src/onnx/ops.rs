@@ -10,6 +10,135 @@ use super::tensor::{self, CTensor, Data};
 use super::{Importer, Val};
 use crate::{Error, Result};
 
+/// Newest opset of the default domain the importer follows; ops are listed from opset 7
+/// (or their first opset), the oldest the importer follows.
+pub const OPSET_MAX: i64 = 21;
+
+/// Every default-domain op the importer maps, with the opsets (first, last) it maps it
+/// for. Nodes whose op is not listed are refused before mapping, so this table is the
+/// importer's coverage by construction (docs/ops.md is generated from it).
+pub(crate) const ONNX_OPS: &[(&str, i64, i64)] = &[
+    ("Abs", 7, OPSET_MAX),
+    ("Add", 7, OPSET_MAX),
+    ("And", 7, OPSET_MAX),
+    ("AveragePool", 7, OPSET_MAX),
+    ("BatchNormalization", 7, OPSET_MAX),
+    ("Cast", 7, OPSET_MAX),
+    ("CastLike", 15, OPSET_MAX),
+    ("Ceil", 7, OPSET_MAX),
+    ("Clip", 7, OPSET_MAX),
+    ("Concat", 7, OPSET_MAX),
+    ("Constant", 7, OPSET_MAX),
+    ("ConstantOfShape", 9, OPSET_MAX),
+    ("Conv", 7, OPSET_MAX),
+    ("ConvInteger", 10, OPSET_MAX),
+    ("ConvTranspose", 7, OPSET_MAX),
+    ("Cos", 7, OPSET_MAX),
+    ("DepthToSpace", 7, OPSET_MAX),
+    ("DequantizeLinear", 10, OPSET_MAX),
+    ("Div", 7, OPSET_MAX),
+    ("Dropout", 7, OPSET_MAX),
+    ("Elu", 7, OPSET_MAX),
+    ("Equal", 7, OPSET_MAX),
+    ("Erf", 9, OPSET_MAX),
+    ("Exp", 7, OPSET_MAX),
+    ("Expand", 8, OPSET_MAX),
+    ("Flatten", 7, OPSET_MAX),
+    ("Floor", 7, OPSET_MAX),
+    ("Gather", 7, OPSET_MAX),
+    ("Gelu", 20, OPSET_MAX),
+    ("Gemm", 7, OPSET_MAX),
+    ("GlobalAveragePool", 7, OPSET_MAX),
+    ("GlobalMaxPool", 7, OPSET_MAX),
+    ("Greater", 7, OPSET_MAX),
+    ("GreaterOrEqual", 12, OPSET_MAX),
+    ("HardSigmoid", 7, OPSET_MAX),
+    ("HardSwish", 14, OPSET_MAX),
+    ("Identity", 7, OPSET_MAX),
+    ("InstanceNormalization", 7, OPSET_MAX),
+    ("LayerNormalization", 17, OPSET_MAX),
+    ("LeakyRelu", 7, OPSET_MAX),
+    ("Less", 7, OPSET_MAX),
+    ("LessOrEqual", 12, OPSET_MAX),
+    ("Log", 7, OPSET_MAX),
+    ("LogSoftmax", 7, OPSET_MAX),
+    ("MatMul", 7, OPSET_MAX),
+    ("MatMulInteger", 10, OPSET_MAX),
+    ("Max", 7, OPSET_MAX),
+    ("MaxPool", 7, OPSET_MAX),
+    ("Mean", 7, OPSET_MAX),
+    ("Min", 7, OPSET_MAX),
+    ("Mish", 18, OPSET_MAX),
+    ("Mul", 7, OPSET_MAX),
+    ("Neg", 7, OPSET_MAX),
+    ("Not", 7, OPSET_MAX),
+    ("Or", 7, OPSET_MAX),
+    ("PRelu", 7, OPSET_MAX),
+    ("Pad", 7, OPSET_MAX),
+    ("Pow", 7, OPSET_MAX),
+    ("QLinearConv", 10, OPSET_MAX),
+    ("QLinearMatMul", 10, OPSET_MAX),
+    ("QuantizeLinear", 10, OPSET_MAX),
+    ("Range", 11, OPSET_MAX),
+    ("Reciprocal", 7, OPSET_MAX),
+    ("ReduceL2", 7, OPSET_MAX),
+    ("ReduceMax", 7, OPSET_MAX),
+    ("ReduceMean", 7, OPSET_MAX),
+    ("ReduceMin", 7, OPSET_MAX),
+    ("ReduceProd", 7, OPSET_MAX),
+    ("ReduceSum", 7, OPSET_MAX),
+    ("ReduceSumSquare", 7, OPSET_MAX),
+    ("Relu", 7, OPSET_MAX),
+    ("Reshape", 7, OPSET_MAX),
+    ("Resize", 10, OPSET_MAX),
+    ("Round", 11, OPSET_MAX),
+    ("Selu", 7, OPSET_MAX),
+    ("Shape", 7, OPSET_MAX),
+    ("Sigmoid", 7, OPSET_MAX),
+    ("Sin", 7, OPSET_MAX),
+    ("Size", 7, OPSET_MAX),
+    ("Slice", 7, OPSET_MAX),
+    ("Softmax", 7, OPSET_MAX),
+    ("Softplus", 7, OPSET_MAX),
+    ("SpaceToDepth", 7, OPSET_MAX),
+    ("Split", 7, OPSET_MAX),
+    ("Sqrt", 7, OPSET_MAX),
+    ("Squeeze", 7, OPSET_MAX),
+    ("Sub", 7, OPSET_MAX),
+    ("Sum", 7, OPSET_MAX),
+    ("Tanh", 7, OPSET_MAX),
+    ("Tile", 7, OPSET_MAX),
+    ("Transpose", 7, OPSET_MAX),
+    ("Unsqueeze", 7, OPSET_MAX),
+    ("Upsample", 7, 9),
+    ("Where", 9, OPSET_MAX),
+    ("Xor", 7, OPSET_MAX),
+];
+
+pub(crate) fn is_mapped(domain: &str, op: &str) -> bool {
+    match domain {
+        "" | "ai.onnx" => ONNX_OPS.iter().any(|&(o, _, _)| o == op),
+        "com.microsoft" => CONTRIB.contains(&op),
+        _ => false,
+    }
+}
+
+/// The error of an op listed as mapped whose mapping is missing: a bug the coverage
+/// test catches, never a user-facing state.
+pub(crate) const NOT_MAPPED: &str = "listed as supported but has no mapping";
+
+/// ONNX Runtime contrib ops (domain com.microsoft) the importer maps: those its
+/// quantization tool writes in QOperator format.
+pub(crate) const CONTRIB: &[&str] = &[
+    "QGemm",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearGlobalAveragePool",
+    "QLinearSoftmax",
+    "QLinearSigmoid",
+    "QLinearLeakyRelu",
+];
+
 pub(crate) struct Ctx<'a> {
     pub name: String,
     pub p: &'a NodeProto,
@@ -18,43 +147,43 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn op(&self) -> &str {
+    pub(crate) fn op(&self) -> &str {
         self.p.op_type()
     }
 
-    fn attr(&self, k: &str) -> Option<&AttributeProto> {
+    pub(crate) fn attr(&self, k: &str) -> Option<&AttributeProto> {
         self.p.attribute.iter().find(|a| a.name() == k)
     }
 
-    fn i(&self, k: &str, d: i64) -> i64 {
+    pub(crate) fn i(&self, k: &str, d: i64) -> i64 {
         self.attr(k).map(|a| a.i()).unwrap_or(d)
     }
 
-    fn f(&self, k: &str, d: f32) -> f32 {
+    pub(crate) fn f(&self, k: &str, d: f32) -> f32 {
         self.attr(k).map(|a| a.f()).unwrap_or(d)
     }
 
-    fn ints(&self, k: &str) -> Option<Vec<i64>> {
+    pub(crate) fn ints(&self, k: &str) -> Option<Vec<i64>> {
         self.attr(k).map(|a| a.ints.clone())
     }
 
-    fn s(&self, k: &str, d: &str) -> String {
+    pub(crate) fn s(&self, k: &str, d: &str) -> String {
         self.attr(k)
             .map(|a| String::from_utf8_lossy(a.s()).into_owned())
             .unwrap_or_else(|| d.to_string())
     }
 
-    fn opt(&self, i: usize) -> Option<&Val> {
+    pub(crate) fn opt(&self, i: usize) -> Option<&Val> {
         self.ins.get(i).and_then(Option::as_ref)
     }
 
-    fn input(&self, i: usize) -> Result<Val> {
+    pub(crate) fn input(&self, i: usize) -> Result<Val> {
         self.opt(i)
             .cloned()
             .ok_or_else(|| self.invalid(format!("{} needs input {i}", self.op())))
     }
 
-    fn out(&self, i: usize) -> Result<String> {
+    pub(crate) fn out(&self, i: usize) -> Result<String> {
         self.p
             .output
             .get(i)
@@ -63,7 +192,7 @@ impl Ctx<'_> {
             .ok_or_else(|| self.invalid(format!("{} needs output {i}", self.op())))
     }
 
-    fn unsup(&self, detail: impl Into<String>) -> Error {
+    pub(crate) fn unsup(&self, detail: impl Into<String>) -> Error {
         Error::Unsupported {
             node: self.name.clone(),
             op: self.op().to_string(),
@@ -71,14 +200,14 @@ impl Ctx<'_> {
         }
     }
 
-    fn invalid(&self, what: impl Into<String>) -> Error {
+    pub(crate) fn invalid(&self, what: impl Into<String>) -> Error {
         Error::Invalid {
             node: self.name.clone(),
             what: what.into(),
         }
     }
 
-    fn axis(&self, a: i64, rank: usize) -> Result<usize> {
+    pub(crate) fn axis(&self, a: i64, rank: usize) -> Result<usize> {
         let r = rank as i64;
         let v = if a < 0 { a + r } else { a };
         if v < 0 || v >= r {
@@ -87,7 +216,7 @@ impl Ctx<'_> {
         Ok(v as usize)
     }
 
-    fn axes(&self, axes: &[i64], rank: usize) -> Result<Vec<usize>> {
+    pub(crate) fn axes(&self, axes: &[i64], rank: usize) -> Result<Vec<usize>> {
         let mut v = Vec::with_capacity(axes.len());
         for &a in axes {
             v.push(self.axis(a, rank)?);
@@ -97,7 +226,7 @@ impl Ctx<'_> {
         Ok(v)
     }
 
-    fn usize_of(&self, v: i64, what: &str) -> Result<usize> {
+    pub(crate) fn usize_of(&self, v: i64, what: &str) -> Result<usize> {
         usize::try_from(v).map_err(|_| self.invalid(format!("{what} {v} must not be negative")))
     }
 }
@@ -155,11 +284,11 @@ fn binary_of(op: &str) -> Option<BinaryOp> {
 }
 
 /// Window geometry of Conv/ConvTranspose/pooling, lifted to two spatial axes.
-struct Window {
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    dilation: [usize; 2],
-    pads: [usize; 4],
+pub(crate) struct Window {
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    pub pads: [usize; 4],
 }
 
 impl Importer<'_> {
@@ -169,14 +298,14 @@ impl Importer<'_> {
         Ok(())
     }
 
-    fn emit1(&mut self, c: &Ctx, op: Op, ins: &[Val]) -> Result<Val> {
+    pub(crate) fn emit1(&mut self, c: &Ctx, op: Op, ins: &[Val]) -> Result<Val> {
         let out = c.out(0)?;
         let mut r = self.emit(&c.name, op, ins, &[out])?;
         r.pop().ok_or_else(|| c.invalid("op produced no output"))
     }
 
     /// An intermediate step of a node that maps onto several IR ops.
-    fn step(&mut self, c: &Ctx, op: Op, ins: &[Val]) -> Result<Val> {
+    pub(crate) fn step(&mut self, c: &Ctx, op: Op, ins: &[Val]) -> Result<Val> {
         let base =
             c.p.output
                 .first()
@@ -271,6 +400,7 @@ impl Importer<'_> {
             "Range" => self.range(c),
             "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or"
             | "Xor" | "Not" | "Where" => self.logic(c),
+            "Conv" | "MatMul" | "Gemm" if self.fuse_qdq(c)? => Ok(()),
             "Conv" => self.conv(c),
             "ConvTranspose" => self.conv_transpose(c),
             "MaxPool" | "AveragePool" => self.pool(c),
@@ -506,12 +636,28 @@ impl Importer<'_> {
                 self.emit1(c, o, &[x])?;
                 Ok(())
             }
-            "DequantizeLinear" => self.dequantize(c),
-            _ => Err(c.unsup("")),
+            "DequantizeLinear" => self.dequantize_linear(c),
+            "QuantizeLinear" => self.quantize_linear(c),
+            "QLinearConv" => self.qlinear_conv(c),
+            "QLinearMatMul" => self.qlinear_matmul(c),
+            "ConvInteger" => self.conv_integer(c),
+            "MatMulInteger" => self.matmul_integer(c),
+            "QGemm" => self.qgemm(c),
+            "QLinearAdd" => self.qlinear_binary(c, BinaryOp::Add),
+            "QLinearMul" => self.qlinear_binary(c, BinaryOp::Mul),
+            "QLinearGlobalAveragePool" => {
+                let op = self.qlinear_unary_op(c)?;
+                self.qlinear_via_float(c, op, 3)
+            }
+            "QLinearSoftmax" | "QLinearSigmoid" | "QLinearLeakyRelu" => {
+                let op = self.qlinear_unary_op(c)?;
+                self.qlinear_via_float(c, op, 3)
+            }
+            _ => Err(c.unsup(NOT_MAPPED)),
         }
     }
 
-    fn konst_out(&mut self, c: &Ctx, t: CTensor) -> Result<()> {
+    pub(crate) fn konst_out(&mut self, c: &Ctx, t: CTensor) -> Result<()> {
         let out = c.out(0)?;
         self.set_const(&out, t);
         Ok(())
@@ -527,6 +673,9 @@ impl Importer<'_> {
                 let t =
                     a.t.as_ref()
                         .ok_or_else(|| c.invalid("value is not a tensor"))?;
+                if let Some(o) = c.p.output.first() {
+                    self.elem.insert(o.clone(), t.data_type());
+                }
                 tensor::from_proto(t, self.base_dir)?
             }
             "value_float" => CTensor {
@@ -630,7 +779,10 @@ impl Importer<'_> {
                 }
             }
         }
-        let mut out = ts.first().map(|t| t.shape.clone()).unwrap_or_default();
+        let Some(first) = ts.first() else {
+            return Err(c.invalid(format!("{} without inputs", c.op())));
+        };
+        let mut out = first.shape.clone();
         for t in &ts[1..] {
             out = broadcast_shapes(&out, &t.shape)
                 .ok_or_else(|| c.invalid("operands do not broadcast"))?;
@@ -1002,51 +1154,15 @@ impl Importer<'_> {
         Ok(())
     }
 
-    fn dequantize(&mut self, c: &Ctx) -> Result<()> {
-        let q = self
-            .const_input(c, 0, "quantized data")?
-            .ok_or_else(|| c.invalid("missing input"))?;
-        let scale = self
-            .const_input(c, 1, "scale")?
-            .ok_or_else(|| c.invalid("missing scale"))?;
-        let zp = self.const_input(c, 2, "zero point")?;
-        if c.i("block_size", 0) != 0 {
-            return Err(c.unsup("blocked quantization"));
-        }
-        let (s, z) = (scale.floats(), zp.map(|z| z.f64s()).unwrap_or_default());
-        let qv = q.f64s();
-        let per_axis = s.len() > 1;
-        // Elements of one channel along the quantized axis are contiguous runs of `inner`.
-        let inner = if per_axis {
-            let a = c.axis(c.i("axis", 1), q.shape.len())?;
-            if q.shape[a] != s.len() {
-                return Err(c.invalid("scale length differs from the quantized axis"));
-            }
-            q.shape[a + 1..].iter().product::<usize>()
-        } else {
-            1
-        };
-        let data = qv
-            .iter()
-            .enumerate()
-            .map(|(k, &v)| {
-                let ch = if per_axis { (k / inner) % s.len() } else { 0 };
-                let zero = z.get(ch).or(z.first()).copied().unwrap_or(0.0);
-                ((v - zero) * s.get(ch).copied().unwrap_or(1.0) as f64) as f32
-            })
-            .collect();
-        self.konst_out(
-            c,
-            CTensor {
-                shape: q.shape,
-                data: Data::F(data),
-            },
-        )
-    }
-
     /// Resolves kernel/stride/dilation/pads (explicit or auto_pad) for `nsp` spatial axes
     /// (1 or 2), lifted to two axes with a leading unit axis for 1-D.
-    fn window(&self, c: &Ctx, in_sp: &[usize], kernel: &[usize], pool: bool) -> Result<Window> {
+    pub(crate) fn window(
+        &self,
+        c: &Ctx,
+        in_sp: &[usize],
+        kernel: &[usize],
+        pool: bool,
+    ) -> Result<Window> {
         let nsp = in_sp.len();
         let get = |k: &str| -> Result<Vec<usize>> {
             match c.ints(k) {

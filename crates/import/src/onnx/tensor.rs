@@ -279,7 +279,19 @@ fn read_external(t: &TensorProto, base_dir: Option<&Path>) -> Result<Vec<u8>> {
             format!("data is stored in external file '{location}'; load the model from a file path so it can be found"),
         )
     })?;
-    let path = base.join(&location);
+    // A model file names a file beside it, never one elsewhere on the disk: absolute
+    // paths and `..` would let a model read any file the user can.
+    let rel = std::path::Path::new(&location);
+    if !rel
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(bad(
+            name,
+            format!("external data location '{location}' is not a relative path inside the model's directory"),
+        ));
+    }
+    let path = base.join(rel);
     let bytes = std::fs::read(&path).map_err(|e| Error::Io {
         path: path.display().to_string(),
         source: e,

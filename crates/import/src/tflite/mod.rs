@@ -6,7 +6,9 @@
 //! transposes left are at the boundary and around layout-blind ops such as RESHAPE.
 mod names;
 mod ops;
+mod quant;
 mod reader;
+mod sparse;
 
 use std::collections::{HashMap, HashSet};
 
@@ -29,6 +31,58 @@ pub fn import(bytes: &[u8], input_shapes: &InputShapes) -> Result<Graph> {
     }
     imp.outputs()?;
     Ok(imp.g)
+}
+
+/// Every operator of the model the importer does not map: (op name, operator count,
+/// first operator's output tensor), in order of first appearance.
+pub fn unsupported_ops(bytes: &[u8]) -> Result<Vec<(String, usize, String)>> {
+    let m = reader::parse(bytes)?;
+    let mut out: Vec<(String, usize, String)> = Vec::new();
+    for op in &m.operators {
+        let Some(code) = m.opcodes.get(op.opcode) else {
+            continue;
+        };
+        if ops::is_mapped(code.builtin, code.custom.as_deref()) {
+            continue;
+        }
+        let name = match (code.builtin, &code.custom) {
+            (names::CUSTOM, Some(c)) => c.clone(),
+            (b, _) => names::builtin_name(b).map_or_else(|| format!("BUILTIN_{b}"), str::to_string),
+        };
+        match out.iter_mut().find(|(o, _, _)| *o == name) {
+            Some(e) => e.1 += 1,
+            None => {
+                let node = op
+                    .outputs
+                    .first()
+                    .and_then(|&t| usize::try_from(t).ok())
+                    .and_then(|t| m.tensors.get(t))
+                    .map_or_else(String::new, |t| t.name.clone());
+                out.push((name, 1, node));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The builtins (code, name) the importer maps on int8 / uint8 activations.
+pub fn integer_ops() -> Vec<(i32, &'static str)> {
+    let mut b: Vec<(i32, &'static str)> = quant::INTEGER_BUILTINS
+        .iter()
+        .map(|&c| (c, names::builtin_name(c).unwrap_or("?")))
+        .collect();
+    b.sort_unstable();
+    b
+}
+
+/// The builtins (code, name) and custom operators the importer maps.
+pub fn supported_ops() -> (Vec<(i32, &'static str)>, &'static [&'static str]) {
+    let mut b: Vec<(i32, &'static str)> = ops::BUILTINS
+        .iter()
+        .map(|&c| (c, names::builtin_name(c).unwrap_or("?")))
+        .collect();
+    b.sort_unstable();
+    (b, ops::CUSTOM_OPS)
 }
 
 /// A constant in TFLite layout. Integer tensors keep their exact values for attributes.
@@ -158,7 +212,7 @@ impl<'m, 'a> Importer<'m, 'a> {
                 return Err(Error::Unsupported {
                     node: t.name.clone(),
                     op: format!("{} input", ttype::name(t.ty)),
-                    detail: "quantized (integer) activations are not supported; use a float or hybrid model".into(),
+                    detail: "integer model inputs are not supported (integer activations inside are: give the model a float input that it QUANTIZEs)".into(),
                 });
             }
             let sig = t.signature.as_ref().unwrap_or(&t.shape);
@@ -233,17 +287,30 @@ impl<'m, 'a> Importer<'m, 'a> {
             (names::CUSTOM, Some(c)) => c.clone(),
             (b, _) => names::builtin_name(b).map_or_else(|| format!("BUILTIN_{b}"), str::to_string),
         };
+        if !ops::is_mapped(code.builtin, code.custom.as_deref()) {
+            return Err(self.unsupported(""));
+        }
+        if self.reads_or_writes_integers(op)? {
+            return quant::translate(self, code.builtin, op);
+        }
         ops::translate(self, code.builtin, op)
     }
 
     /// Turns a constant tensor's bytes into f32 values (dequantizing hybrid weights).
     fn load_const(&self, t: &TensorDef, data: &[u8]) -> Result<Konst> {
-        if t.sparse {
-            return Err(self.unsupported(format!(
-                "sparse constant '{}' (DENSIFY) is not supported",
-                t.name
-            )));
+        self.load_const_as(t, data, true)
+    }
+
+    /// A constant's stored integers, not dequantized (int8 weights, int32 biases).
+    pub fn konst_raw(&self, t: i32) -> Result<Konst> {
+        let td = self.tensor(t)?;
+        match td.data {
+            Some(d) => self.load_const_as(td, d, false),
+            None => Err(self.unsupported(format!("input '{}' must be a constant", td.name))),
         }
+    }
+
+    fn load_const_as(&self, t: &TensorDef, data: &[u8], dequantize_ints: bool) -> Result<Konst> {
         let shape = t
             .shape
             .iter()
@@ -274,9 +341,15 @@ impl<'m, 'a> Importer<'m, 'a> {
                 )))
             }
         };
-        if n.checked_mul(elem) != Some(data.len()) {
+        // Sparse constants store only their non-zero blocks; the count follows from the layout.
+        let stored = if t.sparsity.is_some() {
+            data.len() / elem
+        } else {
+            n
+        };
+        if stored.checked_mul(elem) != Some(data.len()) {
             return Err(bad(format!(
-                "constant '{}' of shape {shape:?} holds {} bytes, not {n} x {elem}",
+                "constant '{}' of shape {shape:?} holds {} bytes, not {stored} x {elem}",
                 t.name,
                 data.len()
             )));
@@ -331,7 +404,16 @@ impl<'m, 'a> Importer<'m, 'a> {
                 Some(chunks.map(|c| i64::from_le_bytes(le(c))).collect()),
             ),
         };
-        if let (Some(q), Some(iv)) = (&t.quant, &ints) {
+        let (floats, ints) = match &t.sparsity {
+            Some(sp) => (
+                floats
+                    .map(|f| sparse::densify(sp, &shape, &f))
+                    .transpose()?,
+                ints.map(|i| sparse::densify(sp, &shape, &i)).transpose()?,
+            ),
+            None => (floats, ints),
+        };
+        if let (Some(q), Some(iv), true) = (&t.quant, &ints, dequantize_ints) {
             return Ok(Konst {
                 data: dequantize(t, q, iv, &shape)?,
                 shape,
@@ -600,4 +682,40 @@ fn dequantize(t: &TensorDef, q: &reader::Quant, vals: &[i64], shape: &[usize]) -
             s * (v - zp) as f32
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every listed builtin reaches a translation of its own (with no tensors it fails
+    /// on those, never on the fallback arm).
+    #[test]
+    fn every_listed_builtin_is_mapped() {
+        let (builtins, customs) = supported_ops();
+        let model = ModelDef {
+            opcodes: Vec::new(),
+            tensors: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            operators: Vec::new(),
+        };
+        let op = OperatorDef {
+            opcode: 0,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            options: None,
+            custom_options: None,
+        };
+        let mut cases: Vec<(i32, String)> =
+            builtins.iter().map(|&(c, n)| (c, n.to_string())).collect();
+        cases.extend(customs.iter().map(|c| (names::CUSTOM, c.to_string())));
+        for (code, name) in cases {
+            let mut imp = Importer::new(&model);
+            imp.op_name = name.clone();
+            if let Err(e) = ops::translate(&mut imp, code, &op) {
+                assert!(!e.to_string().contains(ops::NOT_MAPPED), "{name}: {e}");
+            }
+        }
+    }
 }

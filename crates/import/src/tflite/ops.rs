@@ -9,7 +9,7 @@ use super::reader::{ttype, OperatorDef, Table};
 use super::{permute, same_pads, Entry, Importer, Konst, AXIS_TO_NCHW};
 use crate::Result;
 
-mod code {
+pub(crate) mod code {
     pub const ADD: i32 = 0;
     pub const AVERAGE_POOL_2D: i32 = 1;
     pub const CONCATENATION: i32 = 2;
@@ -70,7 +70,91 @@ mod code {
     pub const COS: i32 = 108;
     pub const ELU: i32 = 111;
     pub const HARD_SWISH: i32 = 117;
+    pub const QUANTIZE: i32 = 114;
+    pub const DENSIFY: i32 = 124;
     pub const GELU: i32 = 150;
+}
+
+/// Every builtin the importer maps. Operators whose builtin is not listed are refused
+/// before translation, so this list is the importer's coverage by construction
+/// (docs/ops.md is generated from it).
+pub(crate) const BUILTINS: &[i32] = &[
+    code::ADD,
+    code::AVERAGE_POOL_2D,
+    code::CONCATENATION,
+    code::CONV_2D,
+    code::DEPTHWISE_CONV_2D,
+    code::DEPTH_TO_SPACE,
+    code::DEQUANTIZE,
+    code::FLOOR,
+    code::FULLY_CONNECTED,
+    code::LOGISTIC,
+    code::MAX_POOL_2D,
+    code::MUL,
+    code::RELU,
+    code::RELU_N1_TO_1,
+    code::RELU6,
+    code::RESHAPE,
+    code::RESIZE_BILINEAR,
+    code::SOFTMAX,
+    code::SPACE_TO_DEPTH,
+    code::TANH,
+    code::PAD,
+    code::GATHER,
+    code::TRANSPOSE,
+    code::MEAN,
+    code::SUB,
+    code::DIV,
+    code::SQUEEZE,
+    code::STRIDED_SLICE,
+    code::EXP,
+    code::SPLIT,
+    code::LOG_SOFTMAX,
+    code::CAST,
+    code::PRELU,
+    code::MAXIMUM,
+    code::MINIMUM,
+    code::NEG,
+    code::PADV2,
+    code::SLICE,
+    code::SIN,
+    code::TRANSPOSE_CONV,
+    code::EXPAND_DIMS,
+    code::LOG,
+    code::SUM,
+    code::SQRT,
+    code::RSQRT,
+    code::POW,
+    code::REDUCE_MAX,
+    code::REDUCE_MIN,
+    code::SQUARE,
+    code::RESIZE_NEAREST_NEIGHBOR,
+    code::LEAKY_RELU,
+    code::SQUARED_DIFFERENCE,
+    code::MIRROR_PAD,
+    code::ABS,
+    code::SPLIT_V,
+    code::CEIL,
+    code::COS,
+    code::ELU,
+    code::HARD_SWISH,
+    code::QUANTIZE,
+    code::DENSIFY,
+    code::GELU,
+];
+
+/// Custom operators the importer maps (MediaPipe's).
+pub(crate) const CUSTOM_OPS: &[&str] = &["Convolution2DTransposeBias"];
+
+/// The error of an operator listed as mapped whose translation is missing: a bug the
+/// coverage test catches.
+pub(crate) const NOT_MAPPED: &str = "listed as supported but has no mapping";
+
+pub(crate) fn is_mapped(builtin: i32, custom: Option<&str>) -> bool {
+    if builtin == code::CUSTOM {
+        return custom.is_some_and(|c| CUSTOM_OPS.contains(&c));
+    }
+    BUILTINS.contains(&builtin)
 }
 
 /// Padding enum of the schema.
@@ -90,29 +174,29 @@ struct Deconv {
 }
 
 /// Reads option fields, falling back to the schema defaults when the table is absent.
-struct Opts<'a>(Option<Table<'a>>);
+pub(crate) struct Opts<'a>(pub Option<Table<'a>>);
 
 impl Opts<'_> {
-    fn i8(&self, id: usize, d: i8) -> Result<i8> {
+    pub(crate) fn i8(&self, id: usize, d: i8) -> Result<i8> {
         self.0.map_or(Ok(d), |t| t.i8(id, d))
     }
-    fn i32(&self, id: usize, d: i32) -> Result<i32> {
+    pub(crate) fn i32(&self, id: usize, d: i32) -> Result<i32> {
         self.0.map_or(Ok(d), |t| t.i32(id, d))
     }
-    fn f32(&self, id: usize, d: f32) -> Result<f32> {
+    pub(crate) fn f32(&self, id: usize, d: f32) -> Result<f32> {
         self.0.map_or(Ok(d), |t| t.f32(id, d))
     }
-    fn bool(&self, id: usize) -> Result<bool> {
+    pub(crate) fn bool(&self, id: usize) -> Result<bool> {
         self.0.map_or(Ok(false), |t| t.bool(id))
     }
-    fn i32s(&self, id: usize) -> Result<Option<Vec<i32>>> {
+    pub(crate) fn i32s(&self, id: usize) -> Result<Option<Vec<i32>>> {
         self.0.map_or(Ok(None), |t| t.i32s(id))
     }
 }
 
 impl Importer<'_, '_> {
     /// ActivationFunctionType: NONE 0, RELU 1, RELU_N1_TO_1 2, RELU6 3, TANH 4, SIGN_BIT 5.
-    fn fused(&self, a: i8) -> Result<Option<Activation>> {
+    pub(crate) fn fused(&self, a: i8) -> Result<Option<Activation>> {
         Ok(match a {
             0 => None,
             1 => Some(Activation::Relu),
@@ -126,25 +210,25 @@ impl Importer<'_, '_> {
         })
     }
 
-    fn input(&self, op: &OperatorDef, k: usize) -> Result<i32> {
+    pub(crate) fn input(&self, op: &OperatorDef, k: usize) -> Result<i32> {
         match op.inputs.get(k) {
             Some(&t) if t >= 0 => Ok(t),
             _ => Err(self.invalid(format!("missing input {k}"))),
         }
     }
 
-    fn opt_input(&self, op: &OperatorDef, k: usize) -> Option<i32> {
+    pub(crate) fn opt_input(&self, op: &OperatorDef, k: usize) -> Option<i32> {
         op.inputs.get(k).copied().filter(|&t| t >= 0)
     }
 
-    fn output(&self, op: &OperatorDef) -> Result<i32> {
+    pub(crate) fn output(&self, op: &OperatorDef) -> Result<i32> {
         op.outputs
             .first()
             .copied()
             .ok_or_else(|| self.invalid("no output"))
     }
 
-    fn axis(&self, a: i64, rank: usize) -> Result<usize> {
+    pub(crate) fn axis(&self, a: i64, rank: usize) -> Result<usize> {
         let r = rank as i64;
         let v = if a < 0 { a + r } else { a };
         if v < 0 || v >= r.max(1) {
@@ -165,7 +249,7 @@ impl Importer<'_, '_> {
 
     /// Elementwise ops broadcast NHWC-style; with a 4-D result every operand is brought
     /// to NCHW so the result stays NCHW.
-    fn binary_ids(&mut self, a: i32, b: i32) -> Result<(ValueId, ValueId, bool)> {
+    pub(crate) fn binary_ids(&mut self, a: i32, b: i32) -> Result<(ValueId, ValueId, bool)> {
         let (ra, rb) = (self.rank(a)?, self.rank(b)?);
         if ra.max(rb) == 4 {
             Ok((self.nchw(a)?, self.nchw(b)?, true))
@@ -183,7 +267,7 @@ impl Importer<'_, '_> {
 
     /// Stride and padding of the windowed ops, whose options all start with padding 0,
     /// stride_w 1, stride_h 2.
-    fn window(
+    pub(crate) fn window(
         &self,
         o: &Opts,
         xs: &[usize],
@@ -310,7 +394,7 @@ impl Importer<'_, '_> {
         Ok(())
     }
 
-    fn pool(&mut self, op: &OperatorDef, max: bool) -> Result<()> {
+    pub(crate) fn pool(&mut self, op: &OperatorDef, max: bool) -> Result<()> {
         let o = Opts(op.options);
         let x = self.nchw(self.input(op, 0)?)?;
         let xs = self.g.shape(x).to_vec();
@@ -381,7 +465,7 @@ impl Importer<'_, '_> {
         Ok(())
     }
 
-    fn reshape_to(&mut self, op: &OperatorDef, shape: Vec<usize>) -> Result<()> {
+    pub(crate) fn reshape_to(&mut self, op: &OperatorDef, shape: Vec<usize>) -> Result<()> {
         let x = self.plain(self.input(op, 0)?)?;
         self.emit(
             Op::Reshape { shape },
@@ -393,7 +477,7 @@ impl Importer<'_, '_> {
         Ok(())
     }
 
-    fn reshape(&mut self, op: &OperatorDef) -> Result<()> {
+    pub(crate) fn reshape(&mut self, op: &OperatorDef) -> Result<()> {
         let xt = self.input(op, 0)?;
         let total: usize = self.shape(xt)?.iter().product();
         let spec: Vec<i64> = match self.opt_input(op, 1) {
@@ -481,7 +565,7 @@ impl Importer<'_, '_> {
         Ok(())
     }
 
-    fn concat(&mut self, op: &OperatorDef) -> Result<()> {
+    pub(crate) fn concat(&mut self, op: &OperatorDef) -> Result<()> {
         let o = Opts(op.options);
         // ConcatenationOptions: axis 0, fused_activation 1.
         let ins: Vec<i32> = op.inputs.iter().copied().filter(|&t| t >= 0).collect();
@@ -507,6 +591,15 @@ impl Importer<'_, '_> {
     }
 
     fn pad(&mut self, op: &OperatorDef, mode: PadMode, value_input: bool) -> Result<()> {
+        let value = match self.opt_input(op, 2) {
+            Some(v) if value_input => self.konst(v)?.data.first().copied().unwrap_or(0.0),
+            _ => 0.0,
+        };
+        self.pad_with(op, mode, value)
+    }
+
+    /// PAD with an explicit fill value (integer PAD fills with the zero point).
+    pub(crate) fn pad_with(&mut self, op: &OperatorDef, mode: PadMode, value: f32) -> Result<()> {
         let xt = self.input(op, 0)?;
         let rank = self.rank(xt)?;
         let p = self.ints(self.input(op, 1)?)?;
@@ -517,10 +610,6 @@ impl Importer<'_, '_> {
             .chunks_exact(2)
             .map(|c| (c[0] as usize, c[1] as usize))
             .collect();
-        let value = match self.opt_input(op, 2) {
-            Some(v) if value_input => self.konst(v)?.data.first().copied().unwrap_or(0.0),
-            _ => 0.0,
-        };
         let (x, nchw) = if rank == 4 {
             pads = NHWC_PERM.iter().map(|&a| pads[a]).collect();
             (self.nchw(xt)?, true)
@@ -537,7 +626,7 @@ impl Importer<'_, '_> {
         Ok(())
     }
 
-    fn resize(&mut self, op: &OperatorDef, bilinear: bool) -> Result<()> {
+    pub(crate) fn resize(&mut self, op: &OperatorDef, bilinear: bool) -> Result<()> {
         let o = Opts(op.options);
         let x = self.nchw(self.input(op, 0)?)?;
         let xs = self.g.shape(x).to_vec();
@@ -1028,6 +1117,13 @@ pub(crate) fn translate(imp: &mut Importer, builtin: i32, op: &OperatorDef) -> R
         },
         RESIZE_BILINEAR => imp.resize(op, true),
         RESIZE_NEAREST_NEIGHBOR => imp.resize(op, false),
+        // Sparse constants are expanded when loaded, so DENSIFY only forwards a constant.
+        DENSIFY => {
+            if imp.fold_const(op)? {
+                return Ok(());
+            }
+            Err(imp.invalid("DENSIFY of a tensor computed at run time"))
+        }
         DEQUANTIZE | CAST => {
             let xt = imp.input(op, 0)?;
             if imp.fold_const(op)? {
@@ -1117,6 +1213,8 @@ pub(crate) fn translate(imp: &mut Importer, builtin: i32, op: &OperatorDef) -> R
             };
             imp.transpose_conv(op, d)
         }
-        _ => Err(imp.unsupported("")),
+        // Only meaningful on integers (quant::translate); reaching here means a float input.
+        QUANTIZE => Err(imp.unsupported("QUANTIZE of a float tensor to a float tensor")),
+        _ => Err(imp.unsupported(NOT_MAPPED)),
     }
 }

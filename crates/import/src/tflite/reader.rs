@@ -173,6 +173,14 @@ impl<'a> Table<'a> {
             .collect()
     }
 
+    pub fn u16s(&self, id: usize) -> Result<Option<Vec<u16>>> {
+        Ok(self.vector(id, 2)?.map(|(d, _, _)| {
+            d.chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect()
+        }))
+    }
+
     pub fn i32s(&self, id: usize) -> Result<Option<Vec<i32>>> {
         Ok(self.vector(id, 4)?.map(|(d, _, _)| {
             d.chunks_exact(4)
@@ -263,8 +271,90 @@ pub(crate) struct TensorDef<'a> {
     /// Constant contents; `None` for activations (buffer 0 or an empty buffer).
     pub data: Option<&'a [u8]>,
     pub quant: Option<Quant>,
-    /// Sparse constants (fed to DENSIFY) store a compressed layout the importer does not read.
-    pub sparse: bool,
+    /// Sparse constants (fed to DENSIFY) store their non-zero blocks in this layout.
+    pub sparsity: Option<Sparsity>,
+}
+
+/// One level of a sparse tensor's traversal: every index (dense) or the stored ones (CSR).
+pub(crate) enum DimMeta {
+    Dense(usize),
+    Csr {
+        segments: Vec<usize>,
+        indices: Vec<usize>,
+    },
+}
+
+/// SparsityParameters of the schema: the tensor's dimensions (then its block dimensions)
+/// visited in `traversal_order`, each level dense or compressed.
+pub(crate) struct Sparsity {
+    pub traversal_order: Vec<usize>,
+    pub block_map: Vec<usize>,
+    pub dims: Vec<DimMeta>,
+}
+
+fn index_vector(dm: &Table, type_id: usize, value_id: usize) -> Result<Vec<usize>> {
+    // SparseIndexVector union: Int32Vector 1, Uint16Vector 2, Uint8Vector 3; each a table
+    // whose field 0 holds the values.
+    let ty = dm.i8(type_id, 0)?;
+    let Some(v) = dm.table(value_id)? else {
+        return Err(bad("a CSR dimension lacks its segment or index vector"));
+    };
+    Ok(match ty {
+        1 => v
+            .i32s(0)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|x| usize::try_from(x).map_err(|_| bad(format!("negative sparse index {x}"))))
+            .collect::<Result<_>>()?,
+        2 => v
+            .u16s(0)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(usize::from)
+            .collect(),
+        3 => v
+            .bytes(0)?
+            .unwrap_or_default()
+            .iter()
+            .map(|&x| x as usize)
+            .collect(),
+        t => return Err(bad(format!("sparse index vector of unknown type {t}"))),
+    })
+}
+
+fn sparsity(s: &Table) -> Result<Sparsity> {
+    // SparsityParameters: traversal_order 0, block_map 1, dim_metadata 2.
+    let list = |id| -> Result<Vec<usize>> {
+        s.i32s(id)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|x| usize::try_from(x).map_err(|_| bad(format!("negative sparsity entry {x}"))))
+            .collect()
+    };
+    let dims = s
+        .tables(2)?
+        .iter()
+        .map(|dm| {
+            // DimensionMetadata: format 0 (DENSE 0, SPARSE_CSR 1), dense_size 1,
+            // array_segments_type 2, array_segments 3, array_indices_type 4, array_indices 5.
+            Ok(match dm.i8(0, 0)? {
+                0 => DimMeta::Dense(
+                    usize::try_from(dm.i32(1, 0)?)
+                        .map_err(|_| bad("negative dense dimension size"))?,
+                ),
+                1 => DimMeta::Csr {
+                    segments: index_vector(dm, 2, 3)?,
+                    indices: index_vector(dm, 4, 5)?,
+                },
+                f => return Err(bad(format!("sparse dimension format {f}"))),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Sparsity {
+        traversal_order: list(0)?,
+        block_map: list(1)?,
+        dims,
+    })
 }
 
 pub(crate) struct OperatorDef<'a> {
@@ -371,7 +461,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<ModelDef<'_>> {
                 ty: t.i8(1, 0)?,
                 data: data.filter(|d| !d.is_empty()),
                 quant,
-                sparse: t.table(6)?.is_some(),
+                sparsity: t.table(6)?.as_ref().map(sparsity).transpose()?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
