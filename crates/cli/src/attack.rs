@@ -19,11 +19,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use shadownet_ir::RingTensor;
 use shadownet_ir::{Graph, Tensor};
-use shadownet_trusted::{LinearKind, PublicPackage};
-use shadownet_untrusted::accel::Observed;
-use shadownet_untrusted::{CpuAccelerator, SecureModel, SpyAccelerator};
+use shadownet_trusted::format::PublicWeight;
+use shadownet_trusted::{LinearKind, Payload, Scheme};
+use shadownet_untrusted::{CpuAccelerator, PublicModel, SecureModel, SpyAccelerator};
 
 use crate::secure::{self, EnclaveMode};
 use fake_partner::Protection;
@@ -108,6 +109,115 @@ pub struct AttackArgs {
     pub seed_bits: u32,
 }
 
+// ---------------------------------------------------------------------------------------
+// The attacker's view of the v3 formats.
+
+/// One public layer as the attacker reads it from `public.bin`: the weights as f32. The
+/// hardened scheme's weights are i32 of at most 24 bits (sign included), so the f32 copy
+/// is exact; `int_weights` says the accelerator uses them over Z/2^64.
+#[derive(Clone, Debug)]
+pub struct PublicLayer {
+    pub kind: LinearKind,
+    pub weight: Tensor,
+    pub int_weights: bool,
+    pub input_shape: Vec<usize>,
+    pub output_shape: Vec<usize>,
+}
+
+/// The public package as the attacker reads it (`public.bin`, format v3).
+#[derive(Clone, Debug)]
+pub struct PublicPackage {
+    pub scheme: Scheme,
+    pub package_id: [u8; 16],
+    pub inputs: Vec<(String, Vec<usize>)>,
+    pub outputs: Vec<(String, Vec<usize>)>,
+    pub layers: Vec<PublicLayer>,
+}
+
+impl PublicPackage {
+    pub fn from_model(m: &PublicModel) -> Self {
+        let layers = m
+            .header
+            .layers
+            .iter()
+            .zip(&m.weights)
+            .map(|(l, w)| {
+                let (weight, int_weights) = match w {
+                    PublicWeight::F32(t) => (t.clone(), false),
+                    PublicWeight::I32(t) => (
+                        Tensor {
+                            shape: t.shape.clone(),
+                            data: t.data.iter().map(|&v| v as f32).collect(),
+                        },
+                        true,
+                    ),
+                };
+                PublicLayer {
+                    kind: l.kind.clone(),
+                    weight,
+                    int_weights,
+                    input_shape: l.input_shape.clone(),
+                    output_shape: l.output_shape.clone(),
+                }
+            })
+            .collect();
+        PublicPackage {
+            scheme: m.header.scheme,
+            package_id: m.header.package_id,
+            inputs: m.header.inputs.clone(),
+            outputs: m.header.outputs.clone(),
+            layers,
+        }
+    }
+
+    /// Reads and decodes `PKG/public.bin` (every weight checked against its hash).
+    pub fn read(pkg: &Path) -> Result<Self> {
+        let path = pkg.join(shadownet_trusted::format::PUBLIC_FILE);
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let (m, _) = PublicModel::decode(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        Ok(Self::from_model(&m))
+    }
+}
+
+/// The attacker's best real-valued reading of a ring tensor: each element as a signed
+/// 64-bit integer (an honest accumulator of the hardened scheme is exactly that; a masked
+/// one is uniform over the ring whichever reading is taken).
+pub fn ring_to_f32(t: &RingTensor) -> Tensor {
+    Tensor {
+        shape: t.shape.clone(),
+        data: t.data.iter().map(|&v| v as i64 as f32).collect(),
+    }
+}
+
+fn payload_f32(p: &Payload) -> Tensor {
+    match p {
+        Payload::F32(t) => t.clone(),
+        Payload::Ring(t) => ring_to_f32(t),
+    }
+}
+
+/// One accelerator call as the attacker reads it: real-valued tensors (ring payloads read
+/// as signed integers, [`ring_to_f32`]); `ring` says which.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    pub layer: u32,
+    pub input: Tensor,
+    pub output: Tensor,
+    pub ring: bool,
+}
+
+impl Observed {
+    pub fn from_spy(o: &shadownet_untrusted::Observed) -> Self {
+        Observed {
+            layer: o.layer,
+            input: payload_f32(&o.input),
+            output: payload_f32(&o.output),
+            ring: matches!(o.input, Payload::Ring(_)),
+        }
+    }
+}
+
 /// A small seeded generator (splitmix64 + Box–Muller) for the attacker's choices.
 pub struct Rng(u64);
 
@@ -145,7 +255,8 @@ impl Rng {
 /// The attacker's view of a running package: `infer` plus the spy's records.
 pub struct SpyOracle {
     model: SecureModel,
-    seen: Arc<Mutex<Vec<Observed>>>,
+    public: PublicPackage,
+    seen: Arc<Mutex<Vec<shadownet_untrusted::Observed>>>,
 }
 
 impl SpyOracle {
@@ -159,11 +270,16 @@ impl SpyOracle {
         // on the spot (an attacker running its own device could equally precompute a pool;
         // either way every query gets fresh masks). No effect on shadownet packages.
         model.allow_slow_masks = true;
-        Ok(SpyOracle { model, seen })
+        let public = PublicPackage::from_model(&model.public);
+        Ok(SpyOracle {
+            model,
+            public,
+            seen,
+        })
     }
 
     pub fn public(&self) -> &PublicPackage {
-        &self.model.public
+        &self.public
     }
 }
 
@@ -177,40 +293,44 @@ impl mask_reuse::Oracle for SpyOracle {
             .seen
             .lock()
             .map_err(|_| anyhow::anyhow!("spy records poisoned"))?;
-        Ok(std::mem::take(&mut *s))
+        Ok(std::mem::take(&mut *s)
+            .iter()
+            .map(Observed::from_spy)
+            .collect())
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // Scoring (reads the reference model).
 
-/// The reference model's outsourced nodes, in package order.
-fn reference_layers(g: &Graph, public: &PublicPackage) -> Result<Vec<usize>> {
-    let nodes: Vec<usize> = g
+/// The reference model's outsourced nodes, in package order (scoring only). The package
+/// holds the linear nodes the converter outsourced, in graph order, less those it kept in
+/// the trusted core (the hardened scheme keeps depthwise convs by default): each public
+/// layer is matched to the next reference node of the same op and input shape.
+pub fn reference_layers(g: &Graph, public: &PublicPackage) -> Result<Vec<usize>> {
+    let linear: Vec<(usize, LinearKind)> = g
         .nodes
         .iter()
         .enumerate()
-        .filter(|(_, n)| shadownet_protect::outsourced_kind(g, n).is_some())
-        .map(|(k, _)| k)
+        .filter_map(|(k, n)| shadownet_protect::outsourced_kind(g, n).map(|kind| (k, kind)))
         .collect();
-    if nodes.len() != public.layers.len() {
-        bail!(
-            "the reference model has {} outsourced layers but the package has {}: wrong --reference?",
-            nodes.len(),
-            public.layers.len()
-        );
-    }
-    for (k, (&n, l)) in nodes.iter().zip(&public.layers).enumerate() {
-        let node = &g.nodes[n];
-        if g.shape(node.inputs[0]) != l.input_shape.as_slice() {
+    let mut out = Vec::with_capacity(public.layers.len());
+    let mut next = 0;
+    for (k, l) in public.layers.iter().enumerate() {
+        let found = linear[next..].iter().position(|(n, kind)| {
+            *kind == l.kind && g.shape(g.nodes[*n].inputs[0]) == l.input_shape.as_slice()
+        });
+        let Some(off) = found else {
             bail!(
-                "layer {k}: the reference's input shape {:?} differs from the package's {:?}: wrong --reference?",
-                g.shape(node.inputs[0]),
+                "layer {k} ({} on {:?}) matches no remaining linear node of the reference model: wrong --reference?",
+                op_name(&l.kind),
                 l.input_shape
             );
-        }
+        };
+        out.push(linear[next + off].0);
+        next += off + 1;
     }
-    Ok(nodes)
+    Ok(out)
 }
 
 pub(crate) fn op_name(kind: &LinearKind) -> String {

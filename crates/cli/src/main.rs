@@ -59,6 +59,13 @@ enum Cmd {
         /// What runs the package's public layers (packages only).
         #[arg(long, value_enum, default_value = "cpu")]
         accelerator: shadownet::accel::AcceleratorKind,
+        /// Packages only: append everything the accelerator received and returned to DIR
+        /// (.npy per layer and run, manifest.json; README "Auditing").
+        #[arg(long, value_name = "DIR")]
+        record_untrusted: Option<PathBuf>,
+        /// With --record-untrusted: the source model, to name each layer's node and weight.
+        #[arg(long, value_name = "MODEL")]
+        reference: Option<PathBuf>,
     },
     /// Precompute one-time masks for a hardened package (run by the trusted core, offline).
     Precompute {
@@ -136,6 +143,12 @@ enum Cmd {
         input_shapes: Vec<String>,
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Packages only: write every public layer's weights to DIR (.npy, manifest.json).
+        #[arg(long, value_name = "DIR")]
+        export_public: Option<PathBuf>,
+        /// With --export-public: the source model, to name each layer's node and weight.
+        #[arg(long, value_name = "MODEL")]
+        reference: Option<PathBuf>,
     },
     /// Classify the orientation of two bundled real text-line crops with the bundled
     /// PP-OCR direction classifier.
@@ -145,6 +158,9 @@ enum Cmd {
     /// Compare a model's every intermediate output against ONNX Runtime and/or the secure
     /// pipeline of a package (opened with the device key), to find where they diverge.
     Trace(shadownet::trace::TraceArgs),
+    /// Run the attack suite (fake-partner, mask-reuse, averaging, unmix, seed, ...)
+    /// against a package and score it against the original model (docs/security.md).
+    Attack(shadownet::attack::AttackArgs),
 }
 
 fn main() -> ExitCode {
@@ -182,7 +198,12 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             enclave,
             allow_slow_masks,
             accelerator,
+            record_untrusted,
+            reference,
         } => {
+            if !model.is_dir() && record_untrusted.is_some() {
+                bail!("--record-untrusted records a package's accelerator traffic: {} is a plain model", model.display());
+            }
             if model.is_dir() {
                 let key =
                     key.context("running a package needs the device secret key: --key DEVICE.key")?;
@@ -194,6 +215,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     allow_slow_masks,
                     &inputs,
                     output.as_deref(),
+                    record_untrusted
+                        .as_deref()
+                        .map(|d| (d, reference.as_deref())),
                 )
             } else {
                 cmd_run(&model, &inputs, output.as_deref(), &input_shapes)
@@ -293,7 +317,18 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             model,
             input_shapes,
             key,
+            export_public,
+            reference,
         } => {
+            if let Some(dir) = &export_public {
+                if !model.is_dir() {
+                    bail!(
+                        "--export-public exports a package's public layers: {} is a plain model",
+                        model.display()
+                    );
+                }
+                return cmd_export_public(&model, dir, reference.as_deref());
+            }
             if model.is_dir() {
                 return cmd_inspect_package(&model, key.as_deref());
             }
@@ -342,6 +377,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         }
         Cmd::Bench(args) => shadownet::bench::run(&args),
         Cmd::Trace(args) => shadownet::trace::run(&args),
+        Cmd::Attack(args) => shadownet::attack::cmd(&args),
     }
 }
 
@@ -401,12 +437,20 @@ fn cmd_run_secure(
     allow_slow_masks: bool,
     inputs: &[String],
     output: Option<&Path>,
+    record: Option<(&Path, Option<&Path>)>,
 ) -> Result<()> {
     let accel = shadownet::accel::make(accelerator)?;
     if accelerator != shadownet::accel::AcceleratorKind::Cpu {
         eprintln!("accelerator: {}", accel.device);
     }
-    let mut sm = secure::open(pkg, key, mode, accel.backend)?;
+    let (backend, seen): (Box<dyn shadownet_untrusted::Accelerator>, _) = if record.is_some() {
+        let spy = shadownet_untrusted::SpyAccelerator::new(accel.backend);
+        let seen = spy.seen.clone();
+        (Box::new(spy), Some(seen))
+    } else {
+        (accel.backend, None)
+    };
+    let mut sm = secure::open(pkg, key, mode, backend)?;
     sm.allow_slow_masks = allow_slow_masks;
     let names: Vec<String> = sm
         .public
@@ -432,6 +476,19 @@ fn cmd_run_secure(
         t0.elapsed().as_secs_f64() * 1e3,
         sm.last.round_trips
     );
+    if let (Some((dir, reference)), Some(seen)) = (record, seen) {
+        let g = load_reference(reference, &sm.public.header.inputs)?;
+        let sources = shadownet::record::sources(g.as_ref(), &sm.public)?;
+        let observed = seen
+            .lock()
+            .map_err(|_| anyhow::anyhow!("spy records poisoned"))?
+            .clone();
+        let run = shadownet::record::record_run(dir, pkg, &sm.public, &sources, &observed)?;
+        eprintln!(
+            "recorded run {run} of the accelerator traffic in {}",
+            dir.display()
+        );
+    }
     let out_names: Vec<String> = sm
         .public
         .header
@@ -440,6 +497,32 @@ fn cmd_run_secure(
         .map(|(n, _)| n.clone())
         .collect();
     write_outputs(output, &out_names, &outs)
+}
+
+/// The source model named by `--reference`, loaded with the package's input shapes.
+fn load_reference(
+    reference: Option<&Path>,
+    inputs: &[(String, Vec<usize>)],
+) -> Result<Option<shadownet_ir::Graph>> {
+    reference
+        .map(|p| {
+            shadownet_import::load_model(p, inputs)
+                .map(|m| m.graph)
+                .with_context(|| format!("cannot load reference model {}", p.display()))
+        })
+        .transpose()
+}
+
+fn cmd_export_public(pkg: &Path, dir: &Path, reference: Option<&Path>) -> Result<()> {
+    let path = pkg.join(shadownet_trusted::format::PUBLIC_FILE);
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (public, _) = shadownet_untrusted::PublicModel::decode(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let g = load_reference(reference, &public.header.inputs)?;
+    let sources = shadownet::record::sources(g.as_ref(), &public)?;
+    let m = shadownet::record::export_public(dir, pkg, &public, &sources)?;
+    println!("exported the public layers to {}", m.display());
+    Ok(())
 }
 
 fn cmd_inspect_package(pkg: &Path, key: Option<&Path>) -> Result<()> {

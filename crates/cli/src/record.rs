@@ -6,16 +6,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use npyz::WriterBuilder;
 use serde::{Deserialize, Serialize};
-use shadownet_ir::Tensor;
-use shadownet_trusted::{PublicPackage, SecretModel};
-use shadownet_untrusted::accel::Observed;
+use shadownet_ir::Graph;
+use shadownet_trusted::format::PublicWeight;
+use shadownet_trusted::Payload;
+use shadownet_untrusted::{Observed, PublicModel};
 
-pub const RECORD_FORMAT: &str = "shadownet-untrusted-record/1";
-pub const EXPORT_FORMAT: &str = "shadownet-public-export/1";
+pub const RECORD_FORMAT: &str = "shadownet-untrusted-record/2";
+pub const EXPORT_FORMAT: &str = "shadownet-public-export/2";
 pub const MANIFEST: &str = "manifest.json";
 
-/// Where a public layer came from in the source model (read from the secret on a
-/// development device, or unknown).
+/// Where a public layer came from in the source model. The package does not say (the
+/// secret graph is sealed to the trusted core); given the source model (`--reference`),
+/// each public layer is matched to its node as the attack suite's scorer does.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Source {
     /// The source model's node name.
@@ -24,31 +26,27 @@ pub struct Source {
     pub weight: Option<String>,
 }
 
-/// Per outsourced layer, the source names (from the opened secret: the audit runs on the
-/// device owner's development device with its key).
-pub fn sources(secret: Option<&SecretModel>, layers: usize) -> Vec<Source> {
-    (0..layers)
-        .map(|k| {
-            let Some(s) = secret else {
-                return Source::default();
-            };
-            let Some(n) = s
-                .layers
-                .get(k)
-                .and_then(|l| s.graph.nodes.get(l.node as usize))
-            else {
-                return Source::default();
-            };
+/// Per public layer, the source names from the source model `g` (or unknown without it).
+pub fn sources(g: Option<&Graph>, public: &PublicModel) -> Result<Vec<Source>> {
+    let Some(g) = g else {
+        return Ok(vec![Source::default(); public.header.layers.len()]);
+    };
+    let p = crate::attack::PublicPackage::from_model(public);
+    let nodes = crate::attack::reference_layers(g, &p)?;
+    Ok(nodes
+        .iter()
+        .map(|&n| {
+            let node = &g.nodes[n];
             Source {
-                node: Some(n.name.clone()),
-                weight: n
+                node: Some(node.name.clone()),
+                weight: node
                     .inputs
                     .get(1)
-                    .and_then(|&v| s.graph.values.get(v))
+                    .and_then(|&v| g.values.get(v))
                     .map(|v| v.name.clone()),
             }
         })
-        .collect()
+        .collect())
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,7 +71,7 @@ pub struct RecordManifest {
     pub format: String,
     pub package: String,
     pub scheme: String,
-    pub conversion_id: String,
+    pub package_id: String,
     pub runs: usize,
     pub layers: Vec<RecordedLayer>,
 }
@@ -82,22 +80,41 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Writes `t` as a little-endian float32 .npy.
-pub fn write_npy(path: &Path, t: &Tensor) -> Result<()> {
+/// Writes `data` of `shape` as a little-endian .npy of the element type `T`.
+pub fn write_npy<T: npyz::AutoSerialize + Copy>(
+    path: &Path,
+    shape: &[usize],
+    data: &[T],
+) -> Result<()> {
     let f =
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
-    let mut w = npyz::WriteOptions::<f32>::new()
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let mut w = npyz::WriteOptions::<T>::new()
         .default_dtype()
         .shape(&shape)
         .writer(std::io::BufWriter::new(f))
         .begin_nd()
         .with_context(|| format!("cannot write {}", path.display()))?;
-    w.extend(t.data.iter().copied())
+    w.extend(data.iter().copied())
         .with_context(|| format!("cannot write {}", path.display()))?;
     w.finish()
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// Writes a payload in its real dtype: float32, or uint64 for ring values (Z/2^64).
+fn write_payload(path: &Path, p: &Payload) -> Result<()> {
+    match p {
+        Payload::F32(t) => write_npy(path, &t.shape, &t.data),
+        Payload::Ring(t) => write_npy(path, &t.shape, &t.data),
+    }
+}
+
+fn payload_dtype(p: &Payload) -> &'static str {
+    match p {
+        Payload::F32(_) => "float32",
+        Payload::Ring(_) => "uint64",
+    }
 }
 
 fn read_manifest<T: for<'de> Deserialize<'de>>(dir: &Path) -> Result<Option<T>> {
@@ -128,21 +145,23 @@ fn write_manifest<T: Serialize>(dir: &Path, m: &T) -> Result<()> {
 pub fn record_run(
     dir: &Path,
     pkg: &Path,
-    public: &PublicPackage,
+    public: &PublicModel,
     sources: &[Source],
     seen: &[Observed],
 ) -> Result<usize> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let id = hex(&public.conversion_id);
+    let id = hex(&public.header.package_id);
+    let dtype = seen.first().map_or("float32", |o| payload_dtype(&o.input));
     let mut m: RecordManifest = match read_manifest(dir)? {
         Some(m) => m,
         None => RecordManifest {
             format: RECORD_FORMAT.into(),
             package: pkg.display().to_string(),
-            scheme: public.scheme.name().into(),
-            conversion_id: id.clone(),
+            scheme: public.header.scheme.name().into(),
+            package_id: id.clone(),
             runs: 0,
             layers: public
+                .header
                 .layers
                 .iter()
                 .enumerate()
@@ -153,22 +172,25 @@ pub fn record_run(
                     kind: serde_json::to_value(&l.kind).unwrap_or_default(),
                     input_shape: l.input_shape.clone(),
                     output_shape: l.output_shape.clone(),
-                    dtype: "float32".into(),
+                    dtype: dtype.into(),
                     inputs: Vec::new(),
                     outputs: Vec::new(),
                 })
                 .collect(),
         },
     };
-    if m.format != RECORD_FORMAT || m.conversion_id != id || m.layers.len() != public.layers.len() {
+    if m.format != RECORD_FORMAT
+        || m.package_id != id
+        || m.layers.len() != public.header.layers.len()
+    {
         bail!(
-            "{} holds a recording of another package (conversion {}): record into a new directory",
+            "{} holds a recording of another package (package id {}): record into a new directory",
             dir.display(),
-            m.conversion_id
+            m.package_id
         );
     }
     let run = m.runs;
-    let mut seen_layer = vec![false; public.layers.len()];
+    let mut seen_layer = vec![false; public.header.layers.len()];
     for o in seen {
         let k = o.layer as usize;
         let Some(entry) = m.layers.get_mut(k) else {
@@ -182,8 +204,8 @@ pub fn record_run(
             format!("L{k:03}.run{run:04}.in.npy"),
             format!("L{k:03}.run{run:04}.out.npy"),
         );
-        write_npy(&dir.join(&fi), &o.input)?;
-        write_npy(&dir.join(&fo), &o.output)?;
+        write_payload(&dir.join(&fi), &o.input)?;
+        write_payload(&dir.join(&fo), &o.output)?;
         entry.inputs.push(fi);
         entry.outputs.push(fo);
     }
@@ -214,23 +236,32 @@ pub struct ExportManifest {
     pub format: String,
     pub package: String,
     pub scheme: String,
-    pub conversion_id: String,
+    pub package_id: String,
     pub layers: Vec<ExportedLayer>,
 }
 
-/// Writes every public layer's weights to `dir` (`L{layer:03}.weight.npy`) with a
-/// manifest.
+/// Writes every public layer's weights to `dir` (`L{layer:03}.weight.npy`, float32 or
+/// int32 as the package stores them) with a manifest.
 pub fn export_public(
     dir: &Path,
     pkg: &Path,
-    public: &PublicPackage,
+    public: &PublicModel,
     sources: &[Source],
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut layers = Vec::new();
-    for (k, l) in public.layers.iter().enumerate() {
+    for (k, (l, w)) in public.header.layers.iter().zip(&public.weights).enumerate() {
         let f = format!("L{k:03}.weight.npy");
-        write_npy(&dir.join(&f), &l.weight)?;
+        let (dtype, shape) = match w {
+            PublicWeight::F32(t) => {
+                write_npy(&dir.join(&f), &t.shape, &t.data)?;
+                ("float32", t.shape.clone())
+            }
+            PublicWeight::I32(t) => {
+                write_npy(&dir.join(&f), &t.shape, &t.data)?;
+                ("int32", t.shape.clone())
+            }
+        };
         layers.push(ExportedLayer {
             layer: k,
             source: sources.get(k).cloned().unwrap_or_default(),
@@ -238,17 +269,17 @@ pub fn export_public(
             kind: serde_json::to_value(&l.kind).unwrap_or_default(),
             input_shape: l.input_shape.clone(),
             output_shape: l.output_shape.clone(),
-            dtype: "float32".into(),
+            dtype: dtype.into(),
             weight_file: f,
-            weight_shape: l.weight.shape.clone(),
-            filter_axis: crate::attack::fake_partner::filter_axis(&l.kind),
+            weight_shape: shape,
+            filter_axis: l.kind.filter_axis(),
         });
     }
     let m = ExportManifest {
         format: EXPORT_FORMAT.into(),
         package: pkg.display().to_string(),
-        scheme: public.scheme.name().into(),
-        conversion_id: hex(&public.conversion_id),
+        scheme: public.header.scheme.name().into(),
+        package_id: hex(&public.header.package_id),
         layers,
     };
     write_manifest(dir, &m)?;

@@ -24,7 +24,9 @@ use shadownet_attacks::averaging::{pearson, regress_filters, Mean, Region};
 use shadownet_attacks::score::{self, Floor};
 use shadownet_attacks::{Mat, Rng as ARng};
 use shadownet_ir::{Graph, Tensor};
-use shadownet_trusted::{LinearKind, PublicPackage};
+use shadownet_trusted::LinearKind;
+
+use super::PublicPackage;
 
 use super::bank::{self, Judged, Totals};
 use super::fake_partner::protection;
@@ -93,10 +95,7 @@ pub struct AveragingReport {
     pub seconds: f64,
 }
 
-fn first_per_layer(
-    obs: Vec<shadownet_untrusted::accel::Observed>,
-    l: usize,
-) -> Result<Vec<Tensor>> {
+fn first_per_layer(obs: Vec<super::Observed>, l: usize) -> Result<Vec<Tensor>> {
     let mut out: Vec<Option<Tensor>> = vec![None; l];
     for o in obs {
         if let Some(s) = out.get_mut(o.layer as usize) {

@@ -6,7 +6,9 @@ use shadownet_attacks::score::{self, Floor, Score, Verdict};
 use shadownet_attacks::unmix::Geometry;
 use shadownet_attacks::Mat;
 use shadownet_ir::{Graph, Tensor};
-use shadownet_trusted::{LinearKind, PublicLayer};
+use shadownet_trusted::LinearKind;
+
+use super::PublicLayer;
 
 use super::fake_partner::{filter_axis, filters};
 

@@ -25,7 +25,9 @@
 //!
 //! Only the public package (its layers and its public scheme name) is read here.
 use shadownet_ir::{Op, Tensor};
-use shadownet_trusted::{LinearKind, PublicLayer, Scheme};
+use shadownet_trusted::{LinearKind, Scheme};
+
+use super::PublicLayer;
 
 /// How a public layer's filters were protected, as anyone can tell from its kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,10 +17,9 @@
 //! anchored and the estimate is unrelated to any mask (docs/security.md).
 //!
 //! Only public shapes, the spy's records and `infer` are used.
+use super::{Observed, PublicPackage};
 use anyhow::{bail, Result};
 use shadownet_ir::Tensor;
-use shadownet_trusted::PublicPackage;
-use shadownet_untrusted::accel::Observed;
 
 use super::Rng;
 

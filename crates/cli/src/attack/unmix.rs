@@ -2,6 +2,7 @@
 //! public bank of a package (public.bin only), scored against the reference model.
 use std::time::Instant;
 
+use super::PublicPackage;
 use anyhow::Result;
 use serde::Serialize;
 use shadownet_attacks::ica::{Contrast, Mode};
@@ -9,7 +10,6 @@ use shadownet_attacks::score::{self, Floor};
 use shadownet_attacks::unmix::{self, Family, Grouping, Method, SearchBudget, UnmixOptions};
 use shadownet_attacks::Mat;
 use shadownet_ir::Graph;
-use shadownet_trusted::PublicPackage;
 
 use super::bank::{self, Judged, Totals};
 use super::fake_partner::protection;
