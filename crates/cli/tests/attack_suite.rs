@@ -1,16 +1,18 @@
-//! The attack suite on today's schemes, pinned in both directions: what must break does
-//! (averaging on the paper's scheme; depthwise unmixing and seed recovery on today's
-//! hardened scheme), and what must not recover anything does not (one masked
-//! observation, ICA on Gaussian weights, a conversion seeded from the OS). Small models
-//! and few runs keep each case to seconds. Also the audit formats (`run
-//! --record-untrusted`, `inspect --export-public`) and the JSON reports, parsed field by
-//! field.
+//! The attack suite on today's schemes (format v3), pinned in both directions: what must
+//! break does (fake-partner, mask-reuse, averaging and unmixing on the paper's scheme; seed
+//! recovery on a conversion seeded with a small `--insecure-reproducible-seed`, both
+//! schemes), and what today's hardened scheme resists is reported at the floor (its masks
+//! are uniform over Z/2^64, so averaging gives nothing; fake partners do not exist; an
+//! unseeded conversion is out of the seed search's reach; ICA finds nothing in Gaussian
+//! weights). Small models and few runs keep each case to seconds. Also the audit formats
+//! (`run --record-untrusted`, `inspect --export-public`) and the JSON reports, parsed field
+//! by field.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
 use shadownet::attack::{self, AttackArgs, AttackKind, Report};
-use shadownet_protect::Options;
+use shadownet_protect::{Keep, Options};
 use shadownet_trusted::Scheme;
 
 fn fixtures() -> PathBuf {
@@ -51,6 +53,10 @@ impl Drop for Pkg {
 }
 
 fn package(model: &str, scheme: Scheme, seed: Option<u64>, tag: &str) -> Pkg {
+    package_with(model, scheme, seed, tag, Keep::Default)
+}
+
+fn package_with(model: &str, scheme: Scheme, seed: Option<u64>, tag: &str, keep: Keep) -> Pkg {
     let path = model_path(model);
     let g = shadownet_import::load_model(&path, &shapes(model))
         .unwrap()
@@ -61,19 +67,20 @@ fn package(model: &str, scheme: Scheme, seed: Option<u64>, tag: &str) -> Pkg {
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&dir);
-    let (sk, pk) = shadownet::keys::keygen(&dir.join("keys"), false).unwrap();
-    let pub_key = shadownet::keys::read_public_key(&pk).unwrap();
+    let dev = shadownet::keys::TestDevice::new(&dir.join("keys")).unwrap();
     let pkg = dir.join("pkg");
     let opts = Options {
         scheme,
-        seed,
+        insecure_seed: seed,
+        keep,
         ..Default::default()
     };
-    shadownet::secure::convert_to_dir(&g, &pub_key, &pkg, &opts, false).unwrap();
+    let c = shadownet_protect::convert(&g, &opts, &mut |_, _| {}).unwrap();
+    shadownet::secure::write(&c, &dev.device_pub, &dev.vendor_secret, &pkg).unwrap();
     Pkg {
         dir,
         pkg,
-        key: sk,
+        key: dev.device_key.clone(),
         model: path,
     }
 }
@@ -105,6 +112,27 @@ fn run(a: &AttackArgs) -> Report {
     r
 }
 
+/// The published attacks: on the paper's scheme the fake partners give back nearly every
+/// MiniVGG filter and the reused masks every masked activation; on the hardened scheme
+/// there are no partners to find and no mask repeats, so both find nothing.
+#[test]
+fn published_attacks_both_schemes() {
+    let p = package("minivgg", Scheme::ShadowNet, None, "pub");
+    let r = run(&args(&p, AttackKind::All));
+    let (fp, mr) = (r.fake_partner.unwrap(), r.mask_reuse.unwrap());
+    assert!(fp.fake_pairs.fraction() >= 0.95, "{fp:?}");
+    assert_eq!(fp.fake_pairs.baseline_recovered, 0);
+    assert!(mr.masked_layers >= 4);
+    assert_eq!(mr.recovered_corr, mr.masked_layers, "{mr:?}");
+    let p = package("minivgg", Scheme::Hardened, None, "pubh");
+    let r = run(&args(&p, AttackKind::All));
+    let (fp, mr) = (r.fake_partner.unwrap(), r.mask_reuse.unwrap());
+    assert_eq!(fp.fake_pairs.recovered, 0, "{fp:?}");
+    assert!(fp.fake_pairs.filters > 0);
+    assert_eq!(mr.recovered_corr, 0, "{mr:?}");
+    assert!(mr.layers.iter().all(|l| l.corr.abs() < 0.2), "{mr:?}");
+}
+
 /// The paper's scheme: averaging (with the fixed masks removed by their anchors) recovers
 /// every masked activation of MiniVGG, and the regression recovers the filters of the
 /// layers whose output reaches the next layer without pooling.
@@ -126,62 +154,61 @@ fn averaging_breaks_the_paper_scheme() {
     }
 }
 
-/// Today's hardened scheme: one masked observation says little (correlation ≈ 0.3), and
-/// 16 runs of the same input average the fresh masks away to ≈ 0.8: the σ/√T law that
-/// breaks any zero-mean real-valued mask. A report of recovery from one observation would
-/// mean a broken attack; no gain from averaging would mean a broken averaging.
+/// Today's hardened scheme: masks uniform over Z/2^64 and never reused, so what the
+/// accelerator receives, read as signed integers (the attacker's best real-valued
+/// reading), is uncorrelated with the activation however many runs are averaged, and the
+/// regression stays at the floor. (On the old real-valued masks 16 runs gave ≈ 0.8.)
 #[test]
-fn averaging_on_fresh_masks_follows_one_over_sqrt_t() {
+fn averaging_finds_nothing_in_ring_masks() {
     let p = package("minivgg", Scheme::Hardened, Some(7), "avgh");
     let mut a = args(&p, AttackKind::Averaging);
-    a.inputs = 1;
-    a.runs = 1;
-    let one = run(&a).averaging.unwrap();
+    a.inputs = 2;
     a.runs = 16;
-    let many = run(&a).averaging.unwrap();
-    assert_eq!(one.recovered_corr, 0);
-    assert!(
-        one.median_corr < 0.5,
-        "T=1: median corr {}",
-        one.median_corr
+    let r = run(&a).averaging.unwrap();
+    assert_eq!(
+        r.masked_layers,
+        r.layers.len(),
+        "the model input is masked too"
     );
+    assert_eq!(r.recovered_corr, 0);
     assert!(
-        many.median_corr > 0.7,
-        "T=16: median corr {}",
-        many.median_corr
+        r.layers.iter().all(|l| l.corr.abs() < 0.1 && !l.fixed_mask),
+        "{r:?}"
     );
-    assert!(one.layers.iter().all(|l| !l.fixed_mask));
-    // The attacker recognises the layer fed by its own (masked) input.
-    assert!(many.layers[0].model_input);
+    assert_eq!(r.dense.recovered, 0, "{:?}", r.dense);
 }
 
-/// Today's hardened depthwise layers: each real filter is published inside a signed 2×2
-/// DCT mixture with a fake, and P₀ ± P₁ gives it back exactly (PP-OCR's trained
-/// classifier, public.bin alone), far above both floors.
+/// Depthwise layers. The paper's ShuffleChannel only scales and permutes them, so every
+/// public filter is a real one (PP-OCR's trained classifier, public.bin alone). The
+/// hardened scheme keeps them in the trusted core by default (none published). Forced out
+/// (`--keep-in-tee none`), each real filter sits in a Haar-random 2×2 mixture with a fake
+/// on its input channel, and with 9 taps that hides little: measured 95.8% at |cos| ≥ 0.95
+/// (public floor 81.7%), pinned here as the reason the default keeps them in.
 #[test]
-fn unmix_pairs_break_hardened_depthwise() {
-    let p = package("ppocr_cls", Scheme::Hardened, Some(5), "dw");
+fn unmix_depthwise_both_schemes() {
+    let p = package("ppocr_cls", Scheme::ShadowNet, Some(5), "dw");
     let r = run(&args(&p, AttackKind::Unmix));
-    let u = r.unmix.as_ref().unwrap();
-    let t = &u.depthwise;
+    let t = &r.unmix.as_ref().unwrap().depthwise;
     assert!(t.layers > 0 && t.filters > 0);
     assert!(
         t.exact as f64 >= 0.99 * t.filters as f64,
         "depthwise: {t:?}"
     );
     assert!(
-        t.random_floor_fraction < 0.5 && t.public_floor_fraction < 0.5,
-        "{t:?}"
+        t.public_floor_fraction >= 0.99,
+        "public filters are the real ones: {t:?}"
     );
-    assert_eq!(t.layers_at_floor, 0);
-    for l in u.layers.iter().filter(|l| l.depthwise) {
-        assert!(
-            l.best.starts_with("pairs"),
-            "layer {}: best {}",
-            l.layer,
-            l.best
-        );
-    }
+    let p = package("ppocr_cls", Scheme::Hardened, Some(5), "dwh");
+    let r = run(&args(&p, AttackKind::Unmix));
+    assert_eq!(r.unmix.as_ref().unwrap().depthwise.layers, 0);
+    let p = package_with("ppocr_cls", Scheme::Hardened, Some(5), "dwn", Keep::None);
+    let mut a = args(&p, AttackKind::Unmix);
+    a.methods = vec!["pca".into()];
+    let r = run(&a);
+    let t = &r.unmix.as_ref().unwrap().depthwise;
+    assert!(t.layers > 0 && t.filters > 0);
+    assert!(t.fraction >= 0.9, "depthwise: {t:?}");
+    assert!(t.layers_at_floor < t.layers, "depthwise: {t:?}");
 }
 
 /// ICA and the sparsity search cannot pull Gaussian (He-random) filters out of mixtures:
@@ -225,25 +252,47 @@ fn ica_finds_nothing_in_gaussian_weights() {
     }
 }
 
-/// A conversion seeded with `--seed` gives its seed away through the public conversion id,
-/// and with it every filter; one seeded from the OS is out of the search's reach.
+/// A transform seeded with a small `--insecure-reproducible-seed` is found by converting a
+/// dummy of the architecture with each candidate and confirmed by re-protection, and gives
+/// back every filter, on both schemes; one seeded from the OS is out of the search's
+/// reach. No public header field follows the seed but the weights (the package id comes
+/// from the OS).
 #[test]
 fn seed_search_both_ways() {
-    let p = package("ppocr_cls", Scheme::Hardened, Some(4242), "seed");
-    let r = run(&args(&p, AttackKind::Seed));
-    let s = r.seed.as_ref().unwrap();
-    assert_eq!(s.search.found, Some(4242));
-    assert!(s.reconverted && s.public_values_from_seed == ["conversion_id"]);
-    for t in [&s.dense, &s.depthwise] {
-        assert!(t.filters > 0 && t.exact == t.filters, "{t:?}");
+    for scheme in [Scheme::ShadowNet, Scheme::Hardened] {
+        let p = package("minivgg", scheme, Some(5), "seed");
+        let mut a = args(&p, AttackKind::Seed);
+        a.seed_bits = 3;
+        let r = run(&a);
+        let s = r.seed.as_ref().unwrap();
+        assert_eq!(s.search.found, Some(5));
+        assert_eq!(
+            s.public_values_from_seed,
+            ["layer weights (the transform itself)"]
+        );
+        assert!(s.match_cos > 0.99, "{}", s.match_cos);
+        assert!(
+            s.dense.filters > 0 && s.dense.fraction >= 0.99,
+            "{:?}",
+            s.dense
+        );
+        let q = package("minivgg", scheme, None, "noseed");
+        let r = run(&a_for(&q, &a));
+        let s = r.seed.as_ref().unwrap();
+        assert_eq!(s.search.found, None);
+        assert_eq!(s.search.tried, 8);
+        assert!(s.match_cos < 0.9, "{}", s.match_cos);
+        assert_eq!(s.dense.recovered + s.depthwise.recovered, 0);
     }
-    let q = package("ppocr_cls", Scheme::Hardened, None, "noseed");
-    let r = run(&args(&q, AttackKind::Seed));
-    let s = r.seed.as_ref().unwrap();
-    assert_eq!(s.search.found, None);
-    assert_eq!(s.search.tried, 1 << 16);
-    assert!(!s.reconverted && s.public_values_from_seed.is_empty());
-    assert_eq!(s.dense.recovered + s.depthwise.recovered, 0);
+}
+
+fn a_for(p: &Pkg, a: &AttackArgs) -> AttackArgs {
+    AttackArgs {
+        pkg: p.pkg.clone(),
+        key: p.key.clone(),
+        reference: p.model.clone(),
+        ..a.clone()
+    }
 }
 
 fn bin() -> Command {
@@ -264,7 +313,7 @@ fn ok(c: &mut Command) -> String {
 /// `attack --json` from the command line: every field of the seed report, by name.
 #[test]
 fn attack_json_from_the_cli() {
-    let p = package("resnet44", Scheme::ShadowNet, Some(99), "json");
+    let p = package("minivgg", Scheme::Hardened, Some(6), "json");
     let out = ok(bin()
         .args(["attack"])
         .arg(&p.pkg)
@@ -272,20 +321,20 @@ fn attack_json_from_the_cli() {
         .arg(&p.key)
         .arg("--reference")
         .arg(&p.model)
-        .args(["--kind", "seed", "--seed-bits", "8", "--json"]));
+        .args(["--kind", "seed", "--seed-bits", "3", "--json"]));
     let v: Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(v["scheme"], "shadownet");
+    assert_eq!(v["scheme"], "hardened");
     let s = &v["seed"];
-    assert_eq!(s["found"], 99);
-    assert_eq!(s["tried"], 100);
-    assert_eq!(s["range"], serde_json::json!([0, 256]));
-    assert_eq!(s["reconverted"], true);
+    assert_eq!(s["found"], 6);
+    assert_eq!(s["tried"], 7);
+    assert_eq!(s["range"], serde_json::json!([0, 8]));
+    assert!(s["match_cos"].as_f64().unwrap() > 0.99);
     assert!(s["seconds"].is_number() && s["ratio"].is_number());
     let d = &s["dense"];
-    assert_eq!(d["layers"], 46);
-    assert_eq!(d["filters"], 1690);
-    assert_eq!(d["recovered"], 1690);
-    assert!(d["mean_cos"].as_f64().unwrap() > 0.999);
+    assert_eq!(d["layers"], 6);
+    assert_eq!(d["filters"], 714);
+    assert!(d["recovered"].as_u64().unwrap() >= 700, "{d}");
+    assert!(d["mean_cos"].as_f64().unwrap() > 0.99);
     assert!(d["public_floor_mean_cos"].as_f64().unwrap() < 0.5);
     let l0 = &s["layers"][0];
     for f in [
@@ -301,126 +350,169 @@ fn attack_json_from_the_cli() {
         assert!(!l0[f].is_null(), "layer field {f} missing: {l0}");
     }
     assert_eq!(l0["verdict"]["at_floor"], false);
-    assert_eq!(l0["score"]["exact"], l0["real_filters"]);
 }
 
 fn npy(p: &Path) -> shadownet_ir::Tensor {
     shadownet::npy::read_npy(p).unwrap()
 }
 
-/// `run --record-untrusted` writes what the accelerator saw, appending runs;
-/// `inspect --export-public` writes the public weights; both with manifests naming the
-/// source nodes and weights.
-#[test]
-fn audit_formats() {
-    let p = package("resnet44", Scheme::ShadowNet, Some(3), "rec");
-    let x = p.dir.join("x.npy");
+/// Reads a .npy of any element type as (dtype descr, shape, values as i128).
+fn npy_any(p: &Path) -> (String, Vec<usize>, Vec<i128>) {
+    let bytes = std::fs::read(p).unwrap();
+    let f = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape: Vec<usize> = f.shape().iter().map(|&d| d as usize).collect();
+    let descr = format!("{}", f.dtype().descr());
+    let vals = if descr.contains("u8") {
+        f.into_vec::<u64>()
+            .unwrap()
+            .into_iter()
+            .map(i128::from)
+            .collect()
+    } else if descr.contains("i4") {
+        f.into_vec::<i32>()
+            .unwrap()
+            .into_iter()
+            .map(i128::from)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    (descr, shape, vals)
+}
+
+fn write_input(x: &Path) -> shadownet_ir::Tensor {
     let t = shadownet_ir::Tensor {
         shape: vec![1, 3, 32, 32],
         data: (0..3072)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
             .collect(),
     };
-    {
-        use std::io::Write;
-        // A minimal float32 .npy.
-        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 32, 32), }";
-        let pad = 64 - (10 + header.len() + 1) % 64;
-        let mut h = header.to_string();
-        h.push_str(&" ".repeat(pad % 64));
-        h.push('\n');
-        let mut f = std::fs::File::create(&x).unwrap();
-        f.write_all(b"\x93NUMPY\x01\x00").unwrap();
-        f.write_all(&(h.len() as u16).to_le_bytes()).unwrap();
-        f.write_all(h.as_bytes()).unwrap();
-        for v in &t.data {
-            f.write_all(&v.to_le_bytes()).unwrap();
+    shadownet::record::write_npy(x, &t.shape, &t.data).unwrap();
+    t
+}
+
+/// `run --record-untrusted` writes what the accelerator saw in its real dtype (float32 on
+/// the paper scheme, uint64 ring values on the hardened one), appending runs;
+/// `inspect --export-public` writes the public weights (float32 / int32); both with
+/// manifests naming the source nodes and weights when given the source model.
+#[test]
+fn audit_formats() {
+    for (scheme, dtype, wtype) in [
+        (Scheme::ShadowNet, "float32", "float32"),
+        (Scheme::Hardened, "uint64", "int32"),
+    ] {
+        let p = package("minivgg", scheme, Some(3), "rec");
+        let x = p.dir.join("x.npy");
+        let t = write_input(&x);
+        let rec = p.dir.join("rec");
+        for _ in 0..2 {
+            ok(bin()
+                .arg("run")
+                .arg(&p.pkg)
+                .arg("--key")
+                .arg(&p.key)
+                .arg("--input")
+                .arg(&x)
+                .arg("--allow-slow-masks")
+                .arg("--record-untrusted")
+                .arg(&rec)
+                .arg("--reference")
+                .arg(&p.model));
         }
-    }
-    let rec = p.dir.join("rec");
-    for _ in 0..2 {
-        ok(bin()
+        let m: Value =
+            serde_json::from_slice(&std::fs::read(rec.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(m["format"], "shadownet-untrusted-record/2");
+        assert_eq!(m["scheme"], scheme.name());
+        assert_eq!(m["runs"], 2);
+        let layers = m["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 6);
+        for l in layers {
+            assert!(l["node"].as_str().is_some_and(|s| !s.is_empty()), "{l}");
+            assert!(l["weight"].as_str().is_some_and(|s| !s.is_empty()), "{l}");
+            assert_eq!(l["dtype"], dtype);
+            let ins = l["inputs"].as_array().unwrap();
+            let outs = l["outputs"].as_array().unwrap();
+            assert_eq!((ins.len(), outs.len()), (2, 2));
+            let k = l["layer"].as_u64().unwrap();
+            assert_eq!(ins[1], format!("L{k:03}.run0001.in.npy"));
+            let shape: Vec<usize> = serde_json::from_value(l["input_shape"].clone()).unwrap();
+            let oshape: Vec<usize> = serde_json::from_value(l["output_shape"].clone()).unwrap();
+            let fi = rec.join(ins[0].as_str().unwrap());
+            let fo = rec.join(outs[1].as_str().unwrap());
+            if scheme == Scheme::ShadowNet {
+                assert_eq!(npy(&fi).shape, shape);
+                assert_eq!(npy(&fo).shape, oshape);
+            } else {
+                let (d, s, _) = npy_any(&fi);
+                assert!(d.contains("u8"), "{d}");
+                assert_eq!(s, shape);
+                assert_eq!(npy_any(&fo).1, oshape);
+            }
+        }
+        if scheme == Scheme::ShadowNet {
+            // The paper's scheme leaves the first layer's input unmasked: the model input.
+            assert_eq!(npy(&rec.join("L000.run0000.in.npy")).data, t.data);
+        } else {
+            // Fresh one-time masks: the same input never crosses twice alike.
+            let (_, _, a) = npy_any(&rec.join("L000.run0000.in.npy"));
+            let (_, _, b) = npy_any(&rec.join("L000.run0001.in.npy"));
+            let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+            assert!(same * 100 < a.len(), "{same} of {} equal", a.len());
+        }
+        // Another package's recording directory is refused, not mixed.
+        let q = package("minivgg", scheme, Some(4), "rec2");
+        let out = bin()
             .arg("run")
-            .arg(&p.pkg)
+            .arg(&q.pkg)
             .arg("--key")
-            .arg(&p.key)
+            .arg(&q.key)
             .arg("--input")
             .arg(&x)
+            .arg("--allow-slow-masks")
             .arg("--record-untrusted")
-            .arg(&rec));
-    }
-    let m: Value =
-        serde_json::from_slice(&std::fs::read(rec.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(m["format"], "shadownet-untrusted-record/1");
-    assert_eq!(m["scheme"], "shadownet");
-    assert_eq!(m["runs"], 2);
-    let layers = m["layers"].as_array().unwrap();
-    assert_eq!(layers.len(), 46);
-    for l in layers {
-        assert!(l["node"].as_str().is_some_and(|s| !s.is_empty()), "{l}");
-        assert!(l["weight"].as_str().is_some_and(|s| !s.is_empty()), "{l}");
-        assert_eq!(l["dtype"], "float32");
-        let ins = l["inputs"].as_array().unwrap();
-        let outs = l["outputs"].as_array().unwrap();
-        assert_eq!((ins.len(), outs.len()), (2, 2));
-        let k = l["layer"].as_u64().unwrap();
-        assert_eq!(ins[1], format!("L{k:03}.run0001.in.npy"));
-        let a = npy(&rec.join(ins[0].as_str().unwrap()));
-        let shape: Vec<usize> = serde_json::from_value(l["input_shape"].clone()).unwrap();
-        assert_eq!(a.shape, shape);
-        let o = npy(&rec.join(outs[1].as_str().unwrap()));
-        let shape: Vec<usize> = serde_json::from_value(l["output_shape"].clone()).unwrap();
-        assert_eq!(o.shape, shape);
-    }
-    // The paper's scheme leaves the first layer's input unmasked: it is the model input.
-    assert_eq!(npy(&rec.join("L000.run0000.in.npy")).data, t.data);
-    // Another package's recording directory is refused, not mixed.
-    let q = package("resnet44", Scheme::ShadowNet, Some(4), "rec2");
-    let out = bin()
-        .arg("run")
-        .arg(&q.pkg)
-        .arg("--key")
-        .arg(&q.key)
-        .arg("--input")
-        .arg(&x)
-        .arg("--record-untrusted")
-        .arg(&rec)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another package"));
-
-    let exp = p.dir.join("public");
-    ok(bin()
-        .arg("inspect")
-        .arg(&p.pkg)
-        .arg("--key")
-        .arg(&p.key)
-        .arg("--export-public")
-        .arg(&exp));
-    let m: Value =
-        serde_json::from_slice(&std::fs::read(exp.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(m["format"], "shadownet-public-export/1");
-    let public =
-        shadownet_trusted::decode_public(&std::fs::read(p.pkg.join("public.bin")).unwrap())
+            .arg(&rec)
+            .output()
             .unwrap();
-    let layers = m["layers"].as_array().unwrap();
-    assert_eq!(layers.len(), public.layers.len());
-    for (l, pl) in layers.iter().zip(&public.layers) {
-        let w = npy(&exp.join(l["weight_file"].as_str().unwrap()));
-        assert_eq!(w, pl.weight);
-        let axis = if l["op"] == "MatMul" { 1 } else { 0 };
-        assert_eq!(l["filter_axis"], axis, "{l}");
-        assert!(l["weight"].as_str().is_some());
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("another package"));
+
+        let exp = p.dir.join("public");
+        ok(bin()
+            .arg("inspect")
+            .arg(&p.pkg)
+            .arg("--export-public")
+            .arg(&exp)
+            .arg("--reference")
+            .arg(&p.model));
+        let m: Value =
+            serde_json::from_slice(&std::fs::read(exp.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(m["format"], "shadownet-public-export/2");
+        let public = attack::PublicPackage::read(&p.pkg).unwrap();
+        let layers = m["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), public.layers.len());
+        for (l, pl) in layers.iter().zip(&public.layers) {
+            assert_eq!(l["dtype"], wtype);
+            let f = exp.join(l["weight_file"].as_str().unwrap());
+            if scheme == Scheme::ShadowNet {
+                assert_eq!(npy(&f), pl.weight);
+            } else {
+                let (_, s, v) = npy_any(&f);
+                assert_eq!(s, pl.weight.shape);
+                assert!(v.iter().zip(&pl.weight.data).all(|(&a, &b)| a as f32 == b));
+            }
+            let axis = if l["op"] == "MatMul" { 1 } else { 0 };
+            assert_eq!(l["filter_axis"], axis, "{l}");
+            assert!(l["weight"].as_str().is_some());
+        }
+        // Without the source model the names are unknown, the weights the same.
+        let exp2 = p.dir.join("public2");
+        ok(bin()
+            .arg("inspect")
+            .arg(&p.pkg)
+            .arg("--export-public")
+            .arg(&exp2));
+        let m: Value =
+            serde_json::from_slice(&std::fs::read(exp2.join("manifest.json")).unwrap()).unwrap();
+        assert!(m["layers"][0]["node"].is_null());
     }
-    // Without the key the names are unknown, the weights the same.
-    let exp2 = p.dir.join("public2");
-    ok(bin()
-        .arg("inspect")
-        .arg(&p.pkg)
-        .arg("--export-public")
-        .arg(&exp2));
-    let m: Value =
-        serde_json::from_slice(&std::fs::read(exp2.join("manifest.json")).unwrap()).unwrap();
-    assert!(m["layers"][0]["node"].is_null());
 }

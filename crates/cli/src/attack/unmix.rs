@@ -156,7 +156,19 @@ pub fn run(
             budget: SearchBudget::default(),
             seed: cfg.seed ^ (k as u64) << 20,
         };
-        let sets = unmix::unmix_layer(&pb, geom, templates, &opts);
+        let mut sets = unmix::unmix_layer(&pb, geom, templates, &opts);
+        // The public filters themselves are the first guess (the paper's ShuffleChannel
+        // publishes depthwise filters only scaled and permuted): the public floor, as a set.
+        sets.insert(
+            0,
+            unmix::CandidateSet {
+                method: "public".into(),
+                grouping: "as published".into(),
+                candidates: pb.clone(),
+                millis: 0.0,
+                skipped: None,
+            },
+        );
         // Scoring: the reference's real filters.
         let real = bank::real_bank(g, n, &l.kind, k)?;
         bank::check_dims(&real, &pb, k)?;
