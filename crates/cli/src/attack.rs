@@ -11,7 +11,10 @@
 pub mod averaging;
 pub mod bank;
 pub mod fake_partner;
+pub mod forge;
+pub mod liar;
 pub mod mask_reuse;
+pub mod rollback;
 pub mod seed;
 pub mod unmix;
 
@@ -50,8 +53,15 @@ pub enum AttackKind {
     /// Static attacks on the public banks: pairs, PCA, structure matching, ICA, sparsity,
     /// low rank, templates.
     Unmix,
-    /// Search the conversion seed from the public conversion id.
+    /// Search the transform's seed (a conversion with a small --insecure-reproducible-seed).
     Seed,
+    /// Roll the counter file and the mask pool back before every query: one-time masks
+    /// used many times, then mask-reuse on the ring (hardened packages).
+    Rollback,
+    /// An accelerator that alters results; counts the lies the core accepts.
+    Liar,
+    /// Seal an own package to device.pub with the victim's public part and pool.
+    Forge,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -104,8 +114,11 @@ pub struct AttackArgs {
     /// unmix: only these layers (package order).
     #[arg(long, value_delimiter = ',')]
     pub layers: Vec<usize>,
-    /// seed: search seeds 0..2^bits.
-    #[arg(long, default_value_t = 24)]
+    /// forge: the device's public key (default: the key file with .pub for .key).
+    #[arg(long)]
+    pub device_pub: Option<PathBuf>,
+    /// seed: search seeds 0..2^bits (each candidate costs two conversions of the model).
+    #[arg(long, default_value_t = 8)]
     pub seed_bits: u32,
 }
 
@@ -453,7 +466,7 @@ pub fn fake_partner(public: &PublicPackage, g: &Graph, seed: u64) -> Result<Fake
     })
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct ActivationLayer {
     pub layer: usize,
     pub op: String,
@@ -467,7 +480,7 @@ pub struct ActivationLayer {
     pub corr: f32,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct MaskReuseReport {
     pub queries: usize,
     pub layers: Vec<ActivationLayer>,
@@ -552,6 +565,29 @@ pub fn mask_reuse(
     queries: usize,
     seed: u64,
 ) -> Result<MaskReuseReport> {
+    mask_reuse_scored(public, oracle, g, queries, seed, false)
+}
+
+/// Pearson correlation of the sorted values: what is left to compare when the scorer
+/// cannot align the channels (a dense input in a secret order).
+fn sorted_corr(a: &[f32], b: &[f32]) -> f32 {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort_by(f32::total_cmp);
+    b.sort_by(f32::total_cmp);
+    pearson(&a, &b)
+}
+
+/// [`mask_reuse`], scored with every input channel matched to its best-correlated
+/// recovered channel when `match_channels` (the hardened scheme sends the channels in a
+/// secret order; a dense input is compared by its sorted values).
+pub fn mask_reuse_scored(
+    public: &PublicPackage,
+    oracle: &mut dyn mask_reuse::Oracle,
+    g: &Graph,
+    queries: usize,
+    seed: u64,
+    match_channels: bool,
+) -> Result<MaskReuseReport> {
     let nodes = reference_layers(g, public)?;
     // A fresh victim input the attacker never chose as a probe.
     let mut vr = Rng::new(seed ^ 0x71c7_1a00);
@@ -588,11 +624,15 @@ pub fn mask_reuse(
             LinearKind::Conv(c) if c.groups > 1 && !out.unmasked[k] => {
                 (match_groups(rec, real, c.groups), true)
             }
+            LinearKind::Conv(_) if match_channels && real.shape.len() == 4 => {
+                (match_groups(rec, real, real.shape[1]), true)
+            }
             _ => (rec.clone(), false),
         };
         if rec.data.len() != real.data.len() {
             bail!("layer {k}: recovered and real activations differ in size");
         }
+        let sorted = match_channels && !matched;
         layers.push(ActivationLayer {
             layer: k,
             op: op_name(&l.kind),
@@ -600,7 +640,11 @@ pub fn mask_reuse(
             anchored: out.anchored[k],
             channel_matched: matched,
             rel_err: rel_err(&rec.data, &real.data),
-            corr: pearson(&rec.data, &real.data),
+            corr: if sorted {
+                sorted_corr(&rec.data, &real.data)
+            } else {
+                pearson(&rec.data, &real.data)
+            },
         });
     }
     let masked: Vec<&ActivationLayer> = layers.iter().filter(|l| !l.unmasked).collect();
@@ -631,6 +675,111 @@ pub struct Report {
     pub averaging: Option<averaging::AveragingReport>,
     pub unmix: Option<unmix::UnmixReport>,
     pub seed: Option<seed::SeedReport>,
+    pub rollback: Option<RollbackReport>,
+    pub liar: Option<liar::LiarReport>,
+    pub forge: Option<forge::ForgeReport>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RollbackReport {
+    /// Only packages with one-time pool entries (hardened) have anything to roll back.
+    pub applicable: bool,
+    /// Queries the core ran from the rolled-back counter and pool.
+    pub accepted: usize,
+    /// The core's refusal, when it refused.
+    pub refused: Option<String>,
+    /// One input run twice from the rolled-back files crossed to the accelerator alike.
+    pub mask_reused: Option<bool>,
+    /// Mask-reuse on the ring over the rolled-back queries (channels matched for scoring).
+    pub activations: Option<MaskReuseReport>,
+    pub seconds: f64,
+}
+
+/// Runs the rollback attack (see [`rollback`]).
+pub fn rollback_attack(
+    a: &AttackArgs,
+    public: &PublicPackage,
+    g: &Graph,
+) -> Result<RollbackReport> {
+    let t0 = std::time::Instant::now();
+    if public.scheme != Scheme::Hardened {
+        return Ok(RollbackReport {
+            applicable: false,
+            accepted: 0,
+            refused: None,
+            mask_reused: None,
+            activations: None,
+            seconds: 0.0,
+        });
+    }
+    let mut o = rollback::RollbackOracle::new(&a.pkg, &a.key, public.layers.len())?;
+    let probe = mask_reuse::probe(
+        &public
+            .inputs
+            .iter()
+            .map(|(_, s)| s.clone())
+            .collect::<Vec<_>>(),
+        1,
+        &mut Rng::new(a.seed),
+    );
+    let reused = o.check_reuse(probe).ok();
+    let activations = if reused == Some(true) {
+        mask_reuse_scored(public, &mut o, g, a.queries, a.seed, true).ok()
+    } else {
+        None
+    };
+    Ok(RollbackReport {
+        applicable: true,
+        accepted: o.accepted,
+        refused: o.refused.clone(),
+        mask_reused: o.mask_reused,
+        activations,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+impl RollbackReport {
+    pub fn to_table(&self) -> String {
+        let mut s =
+            String::from("\nrollback (counter file and pool put back before every query): ");
+        if !self.applicable {
+            s.push_str("not applicable: the paper scheme's masks are fixed at conversion (see mask-reuse)\n");
+            return s;
+        }
+        let _ = writeln!(
+            s,
+            "{} queries accepted from the rolled-back files; mask reused: {}{}",
+            self.accepted,
+            self.mask_reused.map_or("?".into(), |b| b.to_string()),
+            self.refused
+                .as_ref()
+                .map_or(String::new(), |r| format!("; refused: {r}"))
+        );
+        if let Some(m) = &self.activations {
+            for l in &m.layers {
+                let _ = writeln!(
+                    s,
+                    "    layer {:>3} {:<14} corr {:.4}{}",
+                    l.layer,
+                    l.op,
+                    l.corr,
+                    if l.channel_matched {
+                        " (channels matched)"
+                    } else {
+                        " (sorted values)"
+                    }
+                );
+            }
+            let _ = writeln!(
+                s,
+                "masked layers: {}; activations recovered (corr >= 0.95): {} ({})",
+                m.masked_layers,
+                m.recovered_corr,
+                pct(m.recovered_corr, m.masked_layers)
+            );
+        }
+        s
+    }
 }
 
 /// Runs the chosen attacks on a package directory with the default settings of the
@@ -659,7 +808,8 @@ pub fn run(
         methods: Vec::new(),
         templates: None,
         layers: Vec::new(),
-        seed_bits: 24,
+        seed_bits: 8,
+        device_pub: None,
     };
     a.json = false;
     run_with(&a)
@@ -749,6 +899,27 @@ pub fn run_with(a: &AttackArgs) -> Result<Report> {
         AttackKind::Seed => Some(seed::run(&public, &g, &nodes, a.seed_bits, seed)?),
         _ => None,
     };
+    let rb = match kind {
+        AttackKind::Rollback => {
+            drop(oracle);
+            Some(rollback_attack(a, &public, &g)?)
+        }
+        _ => None,
+    };
+    let forge = match kind {
+        AttackKind::Forge => {
+            let dp = a
+                .device_pub
+                .clone()
+                .unwrap_or_else(|| a.key.with_extension("pub"));
+            Some(forge::run(&a.pkg, &a.key, &public, &g, &dp, seed)?)
+        }
+        _ => None,
+    };
+    let liar = match kind {
+        AttackKind::Liar => Some(liar::run(&a.pkg, &a.key, &public, &g, a.runs, seed)?),
+        _ => None,
+    };
     Ok(Report {
         package: a.pkg.display().to_string(),
         scheme: public.scheme.name().to_string(),
@@ -757,6 +928,9 @@ pub fn run_with(a: &AttackArgs) -> Result<Report> {
         averaging: avg,
         unmix: um,
         seed: sd,
+        rollback: rb,
+        liar,
+        forge,
     })
 }
 
@@ -878,6 +1052,15 @@ impl Report {
         if let Some(r) = &self.seed {
             s.push_str(&r.to_table());
         }
+        if let Some(r) = &self.rollback {
+            s.push_str(&r.to_table());
+        }
+        if let Some(r) = &self.liar {
+            s.push_str(&r.to_table());
+        }
+        if let Some(r) = &self.forge {
+            s.push_str(&r.to_table());
+        }
         s
     }
 
@@ -980,6 +1163,12 @@ impl Report {
             ),
             ("unmix", self.unmix.as_ref().map(serde_json::to_string)),
             ("seed", self.seed.as_ref().map(serde_json::to_string)),
+            (
+                "rollback",
+                self.rollback.as_ref().map(serde_json::to_string),
+            ),
+            ("liar", self.liar.as_ref().map(serde_json::to_string)),
+            ("forge", self.forge.as_ref().map(serde_json::to_string)),
         ] {
             if let Some(Ok(v)) = v {
                 let _ = write!(s, ",\"{name}\":{v}");

@@ -429,6 +429,7 @@ fn cmd_run(
     write_outputs(output, &plain::output_names(&m), &outs)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn cmd_run_secure(
     pkg: &Path,
     key: &Path,

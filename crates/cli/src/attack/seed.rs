@@ -131,7 +131,7 @@ pub fn restore_bank(restore: &LayerRestore, p: &Mat) -> Mat {
             }
             // Public input channel q carries real channel in_perm[q].
             let c = e.in_perm.len();
-            if c > 0 && d % c == 0 {
+            if c > 0 && d.is_multiple_of(c) {
                 let taps = d / c;
                 let mut real = Mat::zeros(n, d);
                 for i in 0..n {
@@ -367,7 +367,7 @@ pub struct SeedReport {
 }
 
 /// The fake ratio read off the public shapes: public/real filters of the widest layer.
-fn ratio_of(public: &PublicPackage, g: &Graph, nodes: &[usize]) -> f32 {
+pub fn ratio_of(public: &PublicPackage, g: &Graph, nodes: &[usize]) -> f32 {
     let mut best = (0usize, 1.2f32);
     for (l, &n) in public.layers.iter().zip(nodes) {
         if protection(l, public.scheme).depthwise() {
