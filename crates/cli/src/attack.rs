@@ -370,6 +370,9 @@ pub struct FilterLayer {
     pub mean_cos: f32,
     pub baseline_recovered: usize,
     pub baseline_mean_cos: f32,
+    /// The public filters themselves as guesses.
+    pub public_recovered: usize,
+    pub public_mean_cos: f32,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -380,6 +383,8 @@ pub struct Totals {
     pub mean_cos: f32,
     pub baseline_recovered: usize,
     pub baseline_mean_cos: f32,
+    pub public_recovered: usize,
+    pub public_mean_cos: f32,
 }
 
 impl Totals {
@@ -404,17 +409,20 @@ pub struct FakePartnerReport {
 
 fn totals<'a>(it: impl Iterator<Item = &'a FilterLayer>) -> Totals {
     let mut t = Totals::default();
-    let (mut c, mut b) = (0f64, 0f64);
+    let (mut c, mut b, mut p) = (0f64, 0f64, 0f64);
     for l in it {
         t.layers += 1;
         t.filters += l.real_filters;
         t.recovered += l.recovered;
         t.baseline_recovered += l.baseline_recovered;
+        t.public_recovered += l.public_recovered;
         c += l.mean_cos as f64 * l.real_filters as f64;
         b += l.baseline_mean_cos as f64 * l.real_filters as f64;
+        p += l.public_mean_cos as f64 * l.real_filters as f64;
     }
     t.mean_cos = (c / t.filters.max(1) as f64) as f32;
     t.baseline_mean_cos = (b / t.filters.max(1) as f64) as f32;
+    t.public_mean_cos = (p / t.filters.max(1) as f64) as f32;
     t
 }
 
@@ -441,6 +449,8 @@ pub fn fake_partner(public: &PublicPackage, g: &Graph, seed: u64) -> Result<Fake
         let guesses = rec.count.max(1);
         let noise = rng.normals(guesses * d, 1.0);
         let base = fake_partner::best_cosines(&real, nreal, &noise, guesses, d);
+        let (pubf, npub, _) = fake_partner::filters(&l.weight, fake_partner::filter_axis(&l.kind));
+        let publ = fake_partner::best_cosines(&real, nreal, &pubf, npub, d);
         let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
         let hit = |v: &[f32]| v.iter().filter(|&&c| c >= COS_RECOVERED).count();
         layers.push(FilterLayer {
@@ -457,6 +467,8 @@ pub fn fake_partner(public: &PublicPackage, g: &Graph, seed: u64) -> Result<Fake
             mean_cos: mean(&best),
             baseline_recovered: hit(&base),
             baseline_mean_cos: mean(&base),
+            public_recovered: hit(&publ),
+            public_mean_cos: mean(&publ),
         });
     }
     Ok(FakePartnerReport {
@@ -1109,7 +1121,7 @@ impl Report {
             for (name, t) in [("fake_pairs", &fp.fake_pairs), ("depthwise", &fp.depthwise)] {
                 let _ = write!(
                     s,
-                    ",\"{name}\":{{\"layers\":{},\"filters\":{},\"recovered\":{},\"fraction\":{},\"mean_cos\":{},\"baseline_recovered\":{},\"baseline_fraction\":{},\"baseline_mean_cos\":{}}}",
+                    ",\"{name}\":{{\"layers\":{},\"filters\":{},\"recovered\":{},\"fraction\":{},\"mean_cos\":{},\"baseline_recovered\":{},\"baseline_fraction\":{},\"baseline_mean_cos\":{},\"public_floor_fraction\":{},\"public_floor_mean_cos\":{}}}",
                     t.layers,
                     t.filters,
                     t.recovered,
@@ -1117,7 +1129,9 @@ impl Report {
                     jnum(t.mean_cos),
                     t.baseline_recovered,
                     jnum(t.baseline_fraction()),
-                    jnum(t.baseline_mean_cos)
+                    jnum(t.baseline_mean_cos),
+                    jnum(t.public_recovered as f32 / t.filters.max(1) as f32),
+                    jnum(t.public_mean_cos)
                 );
             }
             s.push('}');

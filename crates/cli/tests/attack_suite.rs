@@ -415,7 +415,7 @@ fn npy_any(p: &Path) -> (String, Vec<usize>, Vec<i128>) {
     let bytes = std::fs::read(p).unwrap();
     let f = npyz::NpyFile::new(&bytes[..]).unwrap();
     let shape: Vec<usize> = f.shape().iter().map(|&d| d as usize).collect();
-    let descr = format!("{}", f.dtype().descr());
+    let descr = f.dtype().descr().to_string();
     let vals = if descr.contains("u8") {
         f.into_vec::<u64>()
             .unwrap()
