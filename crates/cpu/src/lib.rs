@@ -8,10 +8,14 @@
 
 pub mod conv;
 pub mod gemm;
+pub mod nchwc;
 mod par;
+pub mod plan;
 pub mod pool;
+mod team;
 
 pub use par::{sequential, threads};
+pub use plan::{Plan, StepTime};
 pub use shadownet_kernels::{elementwise, layout, norm, Error, Result};
 
 use shadownet_ir::{infer_shapes, Graph, Op, Tensor};
