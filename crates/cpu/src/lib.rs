@@ -50,16 +50,15 @@ pub fn eval_unchecked(op: &Op, x: &[&Tensor], outs: &[Vec<usize>]) -> Result<Vec
 }
 
 /// Runs a whole graph on its inputs (in graph-input order) and returns its outputs.
+///
+/// Compiles a [`Plan`] for the one call: callers that run a graph repeatedly should
+/// compile once and call [`Plan::run`], which skips the weight packing.
 pub fn run_graph(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-    // From a pool worker, as secure inference runs its layers: each op starts on this
-    // thread at once instead of first waiting for a sleeping worker to wake.
-    if rayon::current_thread_index().is_none() && par::threads() > 1 {
-        return rayon::scope(|_| run_graph_observed(g, inputs, |_, _| {}));
-    }
-    run_graph_observed(g, inputs, |_, _| {})
+    Plan::compile(g)?.run(inputs)
 }
 
-/// Like [`run_graph`], calling `observe(node_index, outputs)` after each node, for tracing.
+/// Like [`run_graph`], calling `observe(node_index, outputs)` after each node, for tracing:
+/// node by node through [`eval_unchecked`] (no fusion, so every node's output exists).
 pub fn run_graph_observed(
     g: &Graph,
     inputs: &[Tensor],
