@@ -27,8 +27,16 @@ fn main() {
         ("3x3 256-512 13", 256, 512, 13, 3, 1, false),
         ("dw3x3 128 56", 128, 128, 56, 3, 1, true),
         ("dw3x3 512 14", 512, 512, 14, 3, 1, true),
+        ("dw3x3 128 28", 128, 128, 28, 3, 1, true),
+        ("dw3x3 32 112", 32, 32, 112, 3, 1, true),
+        ("dw3x3s2 64 112", 64, 64, 112, 3, 2, true),
+        ("dw3x3 256 28", 256, 256, 28, 3, 1, true),
     ];
+    let filter = std::env::args().nth(1).unwrap_or_default();
     for &(name, cin, cout, hw, k, s, dw) in shapes {
+        if !name.contains(filter.as_str()) {
+            continue;
+        }
         let c = Conv {
             kernel: [k, k],
             stride: [s, s],

@@ -321,6 +321,12 @@ impl Plan {
         self.steps.is_empty()
     }
 
+    /// What every step covers: the graph nodes it fuses (joined with '+', with the
+    /// fused activations), or the layout change it makes.
+    pub fn step_names(&self) -> &[String] {
+        &self.names
+    }
+
     /// Bytes of the activation arena.
     pub fn arena_bytes(&self) -> usize {
         4 * self.arena.len()
@@ -1288,7 +1294,7 @@ impl<'g> Builder<'g> {
         let ok = node.inputs.iter().enumerate().all(|(i, &v)| {
             self.vals[v].shape.len() == 4
                 && self.is_act(v)
-                && (i + 1 == n || self.vals[v].shape[1] % B == 0)
+                && (i + 1 == n || self.vals[v].shape[1].is_multiple_of(B))
         }) && node
             .inputs
             .iter()

@@ -89,7 +89,7 @@ fn worker(s: &Shared, id: usize) {
             }
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
-            if spins % 64 == 0 && !s.active.load(SeqCst) {
+            if spins.is_multiple_of(64) && !s.active.load(SeqCst) {
                 let t = *idle_since.get_or_insert_with(Instant::now);
                 if t.elapsed() > IDLE_SPIN {
                     let g = s.sleep.lock().unwrap_or_else(|e| e.into_inner());

@@ -94,9 +94,58 @@ pub struct Epilogue {
     pub stages: Vec<Stage>,
 }
 
+/// The activation of a [`FastEpilogue`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum FastAct {
+    None,
+    Relu,
+    Clip,
+    Leaky,
+}
+
+/// The epilogues most layers have (an optional residual add, then nothing, ReLU, clip
+/// or leaky ReLU), which the SIMD kernels apply without leaving registers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct FastEpilogue {
+    pub residual: bool,
+    pub act: FastAct,
+    pub lo: f32,
+    pub hi: f32,
+    pub alpha: f32,
+}
+
 impl Epilogue {
     pub fn has_residual(&self) -> bool {
         self.stages.iter().any(|s| matches!(s, Stage::AddResidual))
+    }
+
+    pub(crate) fn fast(&self) -> Option<FastEpilogue> {
+        let mut f = FastEpilogue {
+            residual: false,
+            act: FastAct::None,
+            lo: 0.0,
+            hi: 0.0,
+            alpha: 0.0,
+        };
+        let mut rest = &self.stages[..];
+        if let [Stage::AddResidual, tail @ ..] = rest {
+            f.residual = true;
+            rest = tail;
+        }
+        match rest {
+            [] => {}
+            [Stage::Act(Act::Relu)] => f.act = FastAct::Relu,
+            [Stage::Act(Act::Clip(lo, hi))] => {
+                f.act = FastAct::Clip;
+                (f.lo, f.hi) = (*lo, *hi);
+            }
+            [Stage::Act(Act::LeakyRelu(a))] => {
+                f.act = FastAct::Leaky;
+                f.alpha = *a;
+            }
+            _ => return None,
+        }
+        Some(f)
     }
     /// Applies the epilogue to 16 channels (block `cb`) of one pixel: the scalar path.
     #[inline]
@@ -158,6 +207,8 @@ pub(crate) const fn pmax(ob: usize) -> usize {
     }
 }
 pub(crate) const DW_PMAX: usize = 8;
+/// Pixels per depthwise call when each input vector of a window row is loaded once.
+pub(crate) const DW_ROW_PMAX: usize = 12;
 
 /// Splits `n` into runs of at most `pmax`, as even as possible.
 pub(crate) fn runs(n: usize, pmax: usize) -> impl Iterator<Item = (usize, usize)> {
@@ -397,6 +448,8 @@ pub(crate) struct KArgs {
     pub nb: usize,
     pub p: usize,
     pub xs: usize,
+    /// The epilogue when the kernels can apply it in registers.
+    pub fast: Option<FastEpilogue>,
 }
 
 pub(crate) type KernFn = unsafe fn(&KArgs);
@@ -456,6 +509,13 @@ impl PackedConv {
             }
         };
         let xs = c.stride[1] * px;
+        let fast = self.epilogue.fast();
+        // Depthwise with the row kernels: 3- or 5-wide windows, dilation 1 along the row.
+        let row_dw = self.depthwise
+            && avx
+            && matches!(c.kernel[1], 3 | 5)
+            && c.dilation[1] == 1
+            && c.stride[1] <= 2;
         // Work items: (image, group, band of rows). Bands are sized so that each thread
         // gets a few, and a single-thread run takes whole images.
         let ngroups = if self.depthwise {
@@ -502,9 +562,17 @@ impl PackedConv {
                 nb,
                 p: 0,
                 xs,
+                fast,
             };
             for oy in y0..y1 {
-                for (x0, len) in runs(ow, if self.depthwise { DW_PMAX } else { pmax(nb) }) {
+                let run_max = if row_dw {
+                    DW_ROW_PMAX
+                } else if self.depthwise {
+                    DW_PMAX
+                } else {
+                    pmax(nb)
+                };
+                for (x0, len) in runs(ow, run_max) {
                     let in_off = origin(img, oy, x0);
                     a.inp = if self.depthwise {
                         io.inp.offset(in_off + (b0 * in_cb_stride) as isize)
@@ -516,7 +584,9 @@ impl PackedConv {
                         a.res = io.res.add(rg.at(img, b0, oy as isize, x0 as isize));
                     }
                     a.p = len;
-                    let k = if self.depthwise {
+                    let k = if row_dw {
+                        dw_row_kernel_for(len, c.kernel[1], c.stride[1])
+                    } else if self.depthwise {
                         dw_kernel_for(len, xs, avx)
                     } else {
                         conv_kernel_for(nb, len, xs, avx)
@@ -573,6 +643,15 @@ fn conv_kernel_for(ob: usize, p: usize, xs: usize, avx: bool) -> KernFn {
     }
     let _ = (ob, p, xs, avx);
     portable_conv
+}
+
+fn dw_row_kernel_for(p: usize, kw: usize, stride: usize) -> KernFn {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(k) = super::x86::dw_row_kernel(p, kw, stride) {
+        return k;
+    }
+    let _ = (p, kw, stride);
+    portable_dw
 }
 
 fn dw_kernel_for(p: usize, xs: usize, avx: bool) -> KernFn {
@@ -657,9 +736,12 @@ unsafe fn portable_dw(a: &KArgs) {
         acc.copy_from_slice(std::slice::from_raw_parts(a.bias, B));
         for t in 0..a.ntaps {
             let src = a.inp.offset(*a.taps.add(t)).add(p * xs);
-            let wv = a.w.add(t * B);
-            for l in 0..B {
-                acc[l] += *src.add(l) * *wv.add(l);
+            let (xv, wv) = (
+                std::slice::from_raw_parts(src, B),
+                std::slice::from_raw_parts(a.w.add(t * B), B),
+            );
+            for ((acc, x), w) in acc.iter_mut().zip(xv).zip(wv) {
+                *acc += x * w;
             }
         }
         finish_lanes(a, 0, 1, p, &mut acc);

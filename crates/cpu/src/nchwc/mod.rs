@@ -64,6 +64,9 @@ impl Geom {
     pub fn block_stride(&self) -> usize {
         self.ph() * self.row_stride()
     }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Floats the whole tensor spans.
     pub fn len(&self) -> usize {
         if self.n == 0 {
@@ -165,6 +168,9 @@ impl Planar {
     }
     pub fn len(&self) -> usize {
         self.n * self.c * self.plane()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
     pub fn at(&self, n: usize, c: usize, y: isize, x: isize) -> usize {
         (n * self.c + c) * self.plane()

@@ -395,8 +395,8 @@ pub(crate) unsafe fn resize_nearest(
     xmap: &[usize],
 ) {
     for_rows(og, og.w * B, &|n, cb, y0, y1| {
-        for y in y0..y1 {
-            let src = x.get().add(xg.at(n, cb, ymap[y] as isize, 0));
+        for (y, &iy) in ymap.iter().enumerate().take(y1).skip(y0) {
+            let src = x.get().add(xg.at(n, cb, iy as isize, 0));
             let dst = out.get().add(og.at(n, cb, y as isize, 0));
             for (ox, &ix) in xmap.iter().enumerate() {
                 std::ptr::copy_nonoverlapping(src.add(ix * B), dst.add(ox * B), B);
