@@ -2,8 +2,10 @@
 //! per-column epilogue (bias add, activation).
 //!
 //! One row of x (batch 1, the usual case) is a matrix-vector product bound by reading W:
-//! threads take column stripes of W, each streamed once, x broadcast from L1. More rows
-//! go through the packed GEMM.
+//! W is packed in stripes of 64 columns, each stripe one contiguous run of memory that a
+//! thread streams once (x broadcast from L1); row-major W, read stripe by stripe, made
+//! the hardware prefetcher chase a 2 KiB stride. More rows go through the packed GEMM
+//! on row-major W.
 use super::ops::{act_slice, CPtr, EStage, Ptr};
 use super::{has_avx512, AlignedBuf, B};
 use crate::team::{parallel_for, team_threads};
@@ -12,9 +14,11 @@ use crate::team::{parallel_for, team_threads};
 pub struct PackedDense {
     pub k: usize,
     pub n: usize,
-    /// W (k × n, row-major), rows padded to `ldw` (a multiple of 16) with zeros.
+    /// For one row: W in stripes [n / 64][k][64] (the last stripe padded with zeros).
+    /// For more rows: W row-major (k × n), rows `ldw` apart.
     w: AlignedBuf,
     ldw: usize,
+    striped: bool,
     pub(crate) stages: Vec<EStage>,
 }
 
@@ -22,17 +26,35 @@ pub struct PackedDense {
 const STRIPE: usize = 64;
 
 impl PackedDense {
-    pub fn new(w: &[f32], k: usize, n: usize) -> PackedDense {
-        let ldw = n.next_multiple_of(B);
-        let mut wp = AlignedBuf::zeros(k * ldw);
-        for r in 0..k {
-            wp.as_mut_slice()[r * ldw..r * ldw + n].copy_from_slice(&w[r * n..(r + 1) * n]);
+    /// Packs W (k × n, row-major) for products with `m` rows of x.
+    pub fn new(w: &[f32], k: usize, n: usize, m: usize) -> PackedDense {
+        if m == 1 {
+            let stripes = n.div_ceil(STRIPE);
+            let mut wp = AlignedBuf::zeros(stripes * k * STRIPE);
+            let d = wp.as_mut_slice();
+            for s in 0..stripes {
+                let c0 = s * STRIPE;
+                let cols = STRIPE.min(n - c0);
+                for r in 0..k {
+                    let o = (s * k + r) * STRIPE;
+                    d[o..o + cols].copy_from_slice(&w[r * n + c0..r * n + c0 + cols]);
+                }
+            }
+            return PackedDense {
+                k,
+                n,
+                w: wp,
+                ldw: STRIPE,
+                striped: true,
+                stages: Vec::new(),
+            };
         }
         PackedDense {
             k,
             n,
-            w: wp,
-            ldw,
+            w: AlignedBuf::from_slice(w),
+            ldw: n,
+            striped: false,
             stages: Vec::new(),
         }
     }
@@ -43,7 +65,8 @@ impl PackedDense {
     /// `x` spans m·k floats, `y` m·n floats, disjoint.
     pub(crate) unsafe fn run(&self, x: CPtr, m: usize, y: Ptr) {
         let (k, n) = (self.k, self.n);
-        if m == 1 {
+        if self.striped {
+            debug_assert_eq!(m, 1);
             let stripes = n.div_ceil(STRIPE);
             let items = if k * n < 256 * 1024 {
                 1
@@ -85,19 +108,17 @@ impl PackedDense {
         }
     }
 
-    /// acc[j] = Σ_r x[r] · W[r, c0 + j] for one stripe (columns past the padded width of
-    /// W are never read: the stripe stops at `ldw`).
+    /// acc[j] = Σ_r x[r] · W[r, c0 + j] for one stripe.
     unsafe fn gemv_stripe(&self, x: *const f32, c0: usize, acc: &mut [f32; STRIPE]) {
-        let width = STRIPE.min(self.ldw - c0);
-        let w = self.w.as_slice().as_ptr().add(c0);
+        let w = self.w.as_slice().as_ptr().add(c0 * self.k);
         #[cfg(target_arch = "x86_64")]
-        if has_avx512() && width == STRIPE {
-            return gemv_stripe_avx512(x, w, self.ldw, self.k, acc);
+        if has_avx512() {
+            return gemv_stripe_avx512(x, w, STRIPE, self.k, acc);
         }
         let _ = has_avx512;
         for r in 0..self.k {
             let xv = *x.add(r);
-            let row = std::slice::from_raw_parts(w.add(r * self.ldw), width);
+            let row = std::slice::from_raw_parts(w.add(r * STRIPE), STRIPE);
             for (a, &wv) in acc.iter_mut().zip(row) {
                 *a += xv * wv;
             }

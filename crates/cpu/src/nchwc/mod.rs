@@ -213,6 +213,11 @@ impl AlignedBuf {
             len,
         }
     }
+    pub fn from_slice(v: &[f32]) -> AlignedBuf {
+        let mut b = AlignedBuf::zeros(v.len());
+        b.as_mut_slice().copy_from_slice(v);
+        b
+    }
     pub fn len(&self) -> usize {
         self.len
     }
