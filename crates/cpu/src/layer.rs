@@ -79,7 +79,7 @@ mod tests {
         Tensor::new(
             shape.to_vec(),
             (0..n)
-                .map(|i| ((i as u32 * 2654435761 ^ seed) % 1000) as f32 / 500.0 - 1.0)
+                .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
                 .collect(),
         )
         .unwrap()

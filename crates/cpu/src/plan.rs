@@ -1162,7 +1162,7 @@ impl<'g> Builder<'g> {
         if numel(&oshape) != m * n {
             return false;
         }
-        let mut d = PackedDense::new(&w.data, kk, n, m);
+        let mut d = PackedDense::new(&w.data, kk, n);
         let mut stages = Vec::new();
         let accept = |f: &Fuse, _: &[Fuse]| matches!(f, Fuse::Act(_) | Fuse::Chan { .. });
         let axis = oshape.len() - 1;
