@@ -222,20 +222,31 @@ pub(crate) fn runs(n: usize, pmax: usize) -> impl Iterator<Item = (usize, usize)
     })
 }
 
-/// Output blocks per register tile, for output rows `ow` wide: the most multiply-adds per
-/// loaded value, the runs as full as possible.
+/// Output blocks per register tile, for output rows `ow` wide. Models the cycles of one
+/// input-channel step of every tile of a row — the larger of its multiply-adds (one per
+/// cycle), its loads (two per cycle) and the multiply-add latency (four in flight) — and
+/// takes the cheapest; ties go to the larger tile (fewer passes over the input).
 fn choose_ob(cob: usize, ow: usize) -> usize {
-    let score = |ob: usize| {
-        let p = pmax(ob);
-        let nr = ow.div_ceil(p);
-        let avg = ow as f64 / nr as f64;
-        // Blocks past `cob` would be wasted work.
-        let groups = cob.div_ceil(ob);
-        ob as f64 * avg * cob as f64 / (groups * ob) as f64
+    let row_cost = |ob: usize| -> f64 {
+        let mut total = 0.0;
+        let mut b0 = 0;
+        while b0 < cob {
+            let g = ob.min(cob - b0);
+            for (_, p) in runs(ow, pmax(g)) {
+                let fma = (g * p) as f64;
+                total += fma.max((g + p) as f64 / 2.0).max(4.0);
+            }
+            b0 += g;
+        }
+        total
     };
-    (1..=4.min(cob))
-        .max_by(|&a, &b| score(a).total_cmp(&score(b)))
-        .unwrap_or(1)
+    let mut best = 1;
+    for ob in 2..=4.min(cob) {
+        if row_cost(ob) <= row_cost(best) {
+            best = ob;
+        }
+    }
+    best
 }
 
 impl PackedConv {
@@ -525,7 +536,9 @@ impl PackedConv {
         };
         let threads = team_threads();
         let units = n * ngroups;
-        let bands = if threads <= 1 {
+        // Below ~1 µs of work the hand-off to another thread costs more than it saves.
+        let small = self.macs([oh, ow]) * n < 64 * 1024;
+        let bands = if threads <= 1 || small {
             1
         } else {
             (4 * threads).div_ceil(units).clamp(1, oh)
