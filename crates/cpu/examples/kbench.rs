@@ -57,12 +57,22 @@ fn main() {
         let x: Vec<f32> = (0..cin * hw * hw).map(|i| (i % 11) as f32 * 0.1).collect();
         let oh = (hw + 2 * (k / 2) - k) / s + 1;
         let planar = cin < 16 && !dw;
-        let kind = if planar { InputKind::Planar } else { InputKind::Blocked };
+        let kind = if planar {
+            InputKind::Planar
+        } else {
+            InputKind::Blocked
+        };
         let mut p = PackedConv::new(&c, &w, &[cout, cg, k, k], None, cin, oh, kind).unwrap();
         p.epilogue.stages.push(Stage::Act(Act::Relu));
         let ig = Geom::new([1, cin, hw, hw], 1);
         let og = Geom::new([1, cout, oh, oh], 1);
-        let pg = Planar { n: 1, c: cin, h: hw, w: hw, halo: 1 };
+        let pg = Planar {
+            n: 1,
+            c: cin,
+            h: hw,
+            w: hw,
+            halo: 1,
+        };
         let (xin, in_geom) = if planar {
             let mut b = AlignedBuf::zeros(pg.len());
             to_planar(&x, &pg, b.as_mut_slice());
@@ -117,7 +127,11 @@ fn main() {
 fn dense_bench() {
     use shadownet_ir::{Op, Tensor};
     for &(k, n) in &[(1024usize, 1000usize), (4096, 512), (512, 512)] {
-        let w = Tensor::new(vec![k, n], (0..k * n).map(|i| (i % 13) as f32 * 0.01).collect()).unwrap();
+        let w = Tensor::new(
+            vec![k, n],
+            (0..k * n).map(|i| (i % 13) as f32 * 0.01).collect(),
+        )
+        .unwrap();
         let x = Tensor::new(vec![1, k], (0..k).map(|i| (i % 7) as f32 * 0.1).collect()).unwrap();
         let mut l = shadownet_cpu::PackedLayer::new(&Op::MatMul, &w, None, &[1, k]).unwrap();
         let reps = 200;
