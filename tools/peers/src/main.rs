@@ -161,7 +161,7 @@ fn main() -> Result<()> {
                 let dir = PathBuf::from(words.next().context("save needs a directory")?);
                 let out = state.run(values.clone())?;
                 for (i, t) in out.iter().enumerate() {
-                    let v = t.to_array_view::<f32>()?;
+                    let v = t.to_plain_array_view::<f32>()?;
                     let data: Vec<f32> = v.iter().copied().collect();
                     write_npy(&dir.join(format!("out{i}.npy")), v.shape(), &data)?;
                 }
