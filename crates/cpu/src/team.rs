@@ -1,10 +1,14 @@
 //! A team of persistent worker threads for compiled plans.
 //!
 //! Rayon wakes a sleeping worker for every parallel call; at 10–30 µs per layer on a
-//! 32×32 input that wake-up ate the second thread's whole gain. Here the workers spin
-//! while a plan runs (one wake-up per inference, not per op) and sleep between
-//! inferences. Work is split into items claimed from one atomic counter, so a worker the
-//! OS descheduled only delays the items it already took.
+//! 32×32 input that wake-up ate the second thread's whole gain. Here an idle worker spins
+//! for a while (the next layer's job usually comes within microseconds) and only then
+//! sleeps; the leader pays a wake-up call only for a sleeping worker, and never waits for
+//! it: work is split into items claimed from one atomic counter, so the leader takes
+//! whatever a late or descheduled worker has not claimed yet. Spinning through a whole
+//! inference instead made the worker look like a CPU hog to the scheduler of a busy
+//! machine, which then descheduled it in the middle of its items (a long tail of slow
+//! runs at two threads).
 use std::cell::Cell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -27,8 +31,8 @@ struct Shared {
     job: AtomicPtr<()>,
     done: AtomicUsize,
     panicked: AtomicBool,
-    /// Set while a plan runs: workers spin instead of sleeping.
-    active: AtomicBool,
+    /// Workers asleep (or about to sleep) on `wake`.
+    sleepers: AtomicUsize,
     shutdown: AtomicBool,
     sleep: Mutex<()>,
     wake: Condvar,
@@ -40,8 +44,9 @@ pub(crate) struct Team {
     busy: AtomicBool,
 }
 
-/// How long an idle worker spins (outside a run) before it sleeps.
-const IDLE_SPIN: Duration = Duration::from_micros(200);
+/// How long an idle worker spins before it sleeps: longer than the gap between two
+/// layers, shorter than a scheduler time slice.
+const IDLE_SPIN: Duration = Duration::from_micros(100);
 
 impl Team {
     fn new(workers: usize) -> Team {
@@ -52,7 +57,7 @@ impl Team {
             job: AtomicPtr::new(std::ptr::null_mut()),
             done: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
-            active: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
@@ -75,8 +80,8 @@ impl Team {
 fn worker(s: &Shared, id: usize) {
     let mut seen_epoch = 0u64;
     loop {
-        // Wait for a job with a new epoch.
-        let mut idle_since: Option<Instant> = None;
+        // Wait for a job with a new epoch: spin, then sleep.
+        let t0 = Instant::now();
         let mut spins = 0u32;
         loop {
             if s.shutdown.load(SeqCst) {
@@ -89,21 +94,20 @@ fn worker(s: &Shared, id: usize) {
             }
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(64) && !s.active.load(SeqCst) {
-                let t = *idle_since.get_or_insert_with(Instant::now);
-                if t.elapsed() > IDLE_SPIN {
-                    let g = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
-                    if !s.active.load(SeqCst)
-                        && s.claim.load(SeqCst) >> 32 == seen_epoch
-                        && !s.shutdown.load(SeqCst)
-                    {
-                        let _g = s
-                            .wake
-                            .wait_timeout(g, Duration::from_millis(100))
-                            .unwrap_or_else(|e| e.into_inner());
-                    }
-                    idle_since = None;
+            if spins.is_multiple_of(64) && t0.elapsed() > IDLE_SPIN {
+                let mut g = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
+                s.sleepers.fetch_add(1, SeqCst);
+                // Re-checked after announcing the sleep: the leader publishes the epoch
+                // before it reads `sleepers`, so one of the two sees the other.
+                while s.claim.load(SeqCst) >> 32 == seen_epoch && !s.shutdown.load(SeqCst) {
+                    g = s
+                        .wake
+                        .wait_timeout(g, Duration::from_millis(100))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
                 }
+                s.sleepers.fetch_sub(1, SeqCst);
+                drop(g);
             }
         }
         if id >= s.helpers.load(SeqCst) {
@@ -157,6 +161,10 @@ impl Team {
         s.job.store(&f_ref as *const &Job as *mut (), SeqCst);
         let epoch = (s.claim.load(SeqCst) >> 32) + 1;
         s.claim.store(epoch << 32, SeqCst);
+        if s.sleepers.load(SeqCst) > 0 {
+            let _g = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
+            s.wake.notify_all();
+        }
         run_items(s, epoch);
         while s.done.load(SeqCst) < n {
             std::hint::spin_loop();
@@ -207,17 +215,11 @@ pub(crate) fn with_team<R>(threads: usize, body: impl FnOnce() -> R) -> R {
     struct Release<'a>(&'a Team);
     impl Drop for Release<'_> {
         fn drop(&mut self) {
-            self.0.shared.active.store(false, SeqCst);
             CURRENT.with(|c| c.set(None));
             self.0.busy.store(false, SeqCst);
         }
     }
     let _release = Release(&team);
-    {
-        let _g = team.shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
-        team.shared.active.store(true, SeqCst);
-    }
-    team.shared.wake.notify_all();
     CURRENT.with(|c| c.set(Some((Arc::as_ptr(&team), threads))));
     body()
 }
