@@ -232,8 +232,9 @@ enum Step {
         og: Geom,
         stages: Vec<EStage>,
     },
+    /// The inputs to copy (the others were written in place) and their block offsets.
     Concat {
-        xs: Vec<(usize, Geom)>,
+        parts: Vec<(usize, Geom, usize)>,
         out: usize,
         og: Geom,
     },
@@ -501,9 +502,10 @@ unsafe fn exec(s: &Step, base: *mut f32, inputs: &[Tensor], consts: &[Tensor]) -
             og,
             stages,
         } => ops::eltwise(CPtr(at(*x)), xg, Ptr(at(*out)), og, stages),
-        Step::Concat { xs, out, og } => {
-            let v: Vec<(CPtr, Geom)> = xs.iter().map(|(o, g)| (CPtr(at(*o)), *g)).collect();
-            ops::concat(&v, Ptr(at(*out)), og)
+        Step::Concat { parts, out, og } => {
+            for (o, g, cb0) in parts {
+                ops::concat_part(CPtr(at(*o)), g, Ptr(at(*out)), og, *cb0);
+            }
         }
         Step::Slice {
             x,
@@ -1428,10 +1430,55 @@ impl<'g> Builder<'g> {
         for &o in &g.outputs {
             last_use[o] = nsteps;
         }
+        // Channel views: a block-aligned split's outputs are views of its input, and a
+        // concat's inputs are written straight into its output, so neither copies. A
+        // value joins a buffer at a block offset (`sub_cb`) only while it is alone in its
+        // own group; concats are visited last to first so that nested ones compose.
+        let mut sub_cb = vec![0usize; nv];
+        let mut members = vec![1usize; nv];
+        let mut elided = vec![false; nsteps];
+        let mut copied: HashMap<usize, Vec<bool>> = HashMap::new();
+        {
+            let vals = &self.vals;
+            let mut join = |group: &mut Vec<usize>, v: V, parent: V, cb: usize| -> bool {
+                let rp = root(group, parent);
+                let ok = group[v] == v
+                    && members[v] == 1
+                    && rp != v
+                    && vals[v].kind == Kind::Blocked
+                    && def[v] != usize::MAX;
+                if ok {
+                    group[v] = rp;
+                    members[rp] += 1;
+                    sub_cb[v] = sub_cb[parent] + cb;
+                }
+                ok
+            };
+            for (i, st) in self.steps.iter().enumerate().rev() {
+                if let AStep::Concat { xs, out } = st {
+                    let mut cb = 0;
+                    let mut copy = Vec::with_capacity(xs.len());
+                    for &x in xs {
+                        copy.push(!join(&mut group, x, *out, cb));
+                        cb += vals[x].shape[1].div_ceil(B);
+                    }
+                    elided[i] = !copy.iter().any(|&c| c);
+                    copied.insert(i, copy);
+                }
+            }
+            for (i, st) in self.steps.iter().enumerate() {
+                if let AStep::Slice { x, cb0, out } = st {
+                    elided[i] = join(&mut group, *out, *x, *cb0);
+                }
+            }
+        }
         // Elementwise steps whose input dies there (and is not also a tensor operand of
         // the same step) run in place.
         for (i, s) in self.steps.iter().enumerate() {
             if let AStep::Eltwise { x, out, stages } = s {
+                if members[root(&mut group, *x)] != 1 || members[root(&mut group, *out)] != 1 {
+                    continue;
+                }
                 let rx = root(&mut group, *x);
                 let members_last = (0..nv)
                     .filter(|&v| root(&mut group, v) == rx)
@@ -1460,9 +1507,23 @@ impl<'g> Builder<'g> {
         for v in 0..nv {
             halo[roots[v]] = halo[roots[v]].max(self.vals[v].halo);
         }
+        // A view takes the halo and the image stride of its whole buffer.
         let geom = |v: V, vals: &[PVal]| -> Geom {
             let s = &vals[v].shape;
-            Geom::new([s[0], s[1], s[2], s[3]], halo[roots[v]])
+            let r = &vals[roots[v]].shape;
+            let mut g = Geom::new([s[0], s[1], s[2], s[3]], halo[roots[v]]);
+            if r.len() == 4 {
+                g.image_stride = Geom::new([r[0], r[1], r[2], r[3]], halo[roots[v]]).image_stride;
+            }
+            g
+        };
+        // Floats from the start of its group's buffer to a value.
+        let sub = |v: V, vals: &[PVal]| -> usize {
+            if sub_cb[v] == 0 {
+                0
+            } else {
+                sub_cb[v] * geom(v, vals).block_stride()
+            }
         };
         // Buffer per group: size, first definition, last use.
         let mut size = vec![0usize; nv];
@@ -1471,7 +1532,7 @@ impl<'g> Builder<'g> {
         let mut stored = vec![false; nv];
         for v in 0..nv {
             let len = match self.vals[v].kind {
-                Kind::Blocked => geom(v, &self.vals).len(),
+                Kind::Blocked => sub(v, &self.vals) + geom(v, &self.vals).len(),
                 Kind::Planar => {
                     let s = &self.vals[v].shape;
                     Planar {
@@ -1540,15 +1601,22 @@ impl<'g> Builder<'g> {
                     );
                     consts.len() - 1
                 })),
-                _ => Src::Arena(offset[roots[v]]),
+                _ => Src::Arena(offset[roots[v]] + sub(v, vals)),
             }
         };
-        let off = |v: V| offset[roots[v]];
+        let vals0 = &self.vals;
+        let off = |v: V| offset[roots[v]] + sub(v, vals0);
         let mut arena = AlignedBuf::zeros(arena_len);
         let base = arena.as_mut_slice().as_mut_ptr();
-        let ptr = |v: V| CPtr(base.wrapping_add(offset[roots[v]]));
+        let ptr = |v: V| CPtr(base.wrapping_add(off(v)));
         let mut steps = Vec::with_capacity(nsteps);
-        for s in std::mem::take(&mut self.steps) {
+        let (mut names, mut macs) = (Vec::new(), Vec::new());
+        for (i, s) in std::mem::take(&mut self.steps).into_iter().enumerate() {
+            if elided[i] {
+                continue;
+            }
+            names.push(std::mem::take(&mut self.names[i]));
+            macs.push(self.macs[i]);
             let vals = &self.vals;
             let shape4 = |v: V| {
                 let s = &vals[v].shape;
@@ -1655,11 +1723,23 @@ impl<'g> Builder<'g> {
                         stages: st,
                     }
                 }
-                AStep::Concat { xs, out } => Step::Concat {
-                    xs: xs.iter().map(|&v| (off(v), geom(v, vals))).collect(),
-                    out: off(out),
-                    og: geom(out, vals),
-                },
+                AStep::Concat { xs, out } => {
+                    // The inputs not already written in place, at their block offsets.
+                    let copy = &copied[&i];
+                    let mut parts = Vec::new();
+                    let mut cb = 0;
+                    for (&v, &c) in xs.iter().zip(copy) {
+                        if c {
+                            parts.push((off(v), geom(v, vals), cb));
+                        }
+                        cb += vals[v].shape[1].div_ceil(B);
+                    }
+                    Step::Concat {
+                        parts,
+                        out: off(out),
+                        og: geom(out, vals),
+                    }
+                }
                 AStep::Slice { x, cb0, out } => Step::Slice {
                     x: off(x),
                     xg: geom(x, vals),
@@ -1713,13 +1793,13 @@ impl<'g> Builder<'g> {
             .collect();
         Ok(Plan {
             steps,
-            names: self.names,
+            names,
             arena,
             base,
             consts,
             inputs,
             outputs,
-            macs: self.macs,
+            macs,
         })
     }
 }

@@ -377,29 +377,21 @@ pub(crate) fn act_slice(a: &super::conv::Act, v: &mut [f32]) {
     }
 }
 
-/// Channel concat of block-aligned inputs (every input but the last has C % 16 == 0).
+/// Copies `x` into blocks [cb0, cb0 + xg.cb()) of `out` (one input of a block-aligned
+/// channel concat), with those blocks' halo.
 ///
 /// # Safety
 /// Views as the module says.
-pub(crate) unsafe fn concat(xs: &[(CPtr, Geom)], out: Ptr, og: &Geom) {
-    for_rows(og, og.w * B, &|n, cb, y0, y1| {
-        // Which input holds output block cb.
-        let mut first = 0;
-        for (x, xg) in xs {
-            if cb < first + xg.cb() {
-                let icb = cb - first;
-                for y in y0..y1 {
-                    std::ptr::copy_nonoverlapping(
-                        x.get().add(xg.at(n, icb, y as isize, 0)),
-                        out.get().add(og.at(n, cb, y as isize, 0)),
-                        og.w * B,
-                    );
-                }
-                break;
-            }
-            first += xg.cb();
+pub(crate) unsafe fn concat_part(x: CPtr, xg: &Geom, out: Ptr, og: &Geom, cb0: usize) {
+    for_rows(xg, xg.w * B, &|n, cb, y0, y1| {
+        for y in y0..y1 {
+            std::ptr::copy_nonoverlapping(
+                x.get().add(xg.at(n, cb, y as isize, 0)),
+                out.get().add(og.at(n, cb0 + cb, y as isize, 0)),
+                og.w * B,
+            );
         }
-        zero_halo_rows(out.get(), og, n, cb, y0, y1);
+        zero_halo_rows(out.get(), og, n, cb0 + cb, y0, y1);
     });
 }
 
