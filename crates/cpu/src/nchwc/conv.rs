@@ -317,23 +317,19 @@ impl PackedConv {
         }
         let mut wp = AlignedBuf::zeros(off);
         let d = wp.as_mut_slice();
-        for &(b0, n, goff) in &groups {
-            let mut o = goff;
-            for icb in 0..n_icb {
+        // Walks the source in its own order (writes scatter instead): reading it with
+        // the output channel innermost took most of MobileNet's compile time.
+        for oc in 0..cout {
+            let (ob_abs, lane) = (oc / B, oc % B);
+            let &(b0, n, goff) = &groups[groups.partition_point(|g| g.0 + g.1 <= ob_abs)];
+            let ob = ob_abs - b0;
+            for ci in 0..cin {
+                let (icb, ic) = (ci / icn_full, ci % icn_full);
                 let icn = if icb + 1 == n_icb { icn_last } else { icn_full };
+                let block = goff + icb * taps * icn_full * n * B;
                 for t in 0..taps {
-                    for ic in 0..icn {
-                        let ci = icb * icn_full + ic;
-                        for ob in 0..n {
-                            for lane in 0..B {
-                                let oc = (b0 + ob) * B + lane;
-                                if oc < cout {
-                                    d[o + ob * B + lane] = w[(oc * cg + ci) * taps + t];
-                                }
-                            }
-                        }
-                        o += n * B;
-                    }
+                    d[block + (t * icn + ic) * n * B + ob * B + lane] =
+                        w[(oc * cg + ci) * taps + t];
                 }
             }
         }
