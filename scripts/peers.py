@@ -268,6 +268,16 @@ def cmd_run(a):
                       f"ours/ort {r['ours_over_ort']:.2f}  ours/tract {r['ours_over_tract']:.2f}  "
                       f"err {r['max_rel_err_vs_ort']}", file=sys.stderr, flush=True)
     meta["load_after"] = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else None
+    # Where a model misses, per layer against ONNX Runtime's own profile.
+    profiles = []
+    if a.profile_runs > 0:
+        for r in rows:
+            if r["ours_over_ort"] > 1.0:
+                label, path, ov = next(m for m in models if m[0] == r["model"])
+                print(f"peers.py: profiling {label}, {r['threads']} thread(s)", file=sys.stderr, flush=True)
+                ours, ort, pairs, unmatched = profile_pair(a.bin, path, ov, r["threads"], a.profile_runs, a.seed)
+                profiles.append(profile_markdown(label, r["threads"], ours, ort, pairs, unmatched))
+    meta["profiles"] = profiles
     with open(os.path.join(a.out, "peers.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     with open(os.path.join(a.out, "peers.md"), "w") as f:
@@ -304,8 +314,17 @@ def write_doc(path, rows, meta, a):
         "",
         table(rows, meta),
         "",
-        END,
     ]
+    if meta.get("profiles"):
+        lines += [
+            "Where shadownet is slower than ONNX Runtime, per layer (`scripts/peers.py profile`, run right "
+            "after the interleaved run, each engine alone: shadownet's plan steps timed one by one, ONNX "
+            "Runtime's SessionOptions.enable_profiling):",
+            "",
+        ]
+        for p in meta["profiles"]:
+            lines += [p, ""]
+    lines += [END]
     block = "\n".join(lines)
     try:
         with open(path) as f:
@@ -322,14 +341,13 @@ def write_doc(path, rows, meta, a):
         f.write(text)
 
 
-def cmd_profile(a):
-    """Per-layer times: shadownet's plan steps and ONNX Runtime's nodes (medians)."""
-    overrides = {}
-    for s in a.input_shape or []:
-        n, _, d = s.partition("=")
-        overrides[n] = tuple(int(x) for x in d.split(","))
-    specs = input_specs(a.model, overrides)
-    rng = np.random.default_rng(a.seed)
+def profile_pair(bin_path, model, overrides, threads, runs, seed):
+    """Per-layer medians: shadownet's plan steps and ONNX Runtime's own profile, paired by
+    node name (a shadownet step names every graph node it fuses; ONNX Runtime names a
+    fused node after its last node, plus suffixes such as `_nchwc`)."""
+    import re
+    specs = input_specs(model, overrides)
+    rng = np.random.default_rng(seed)
     feeds = {n: rng.standard_normal(s, dtype=np.float32) for n, s in specs}
     with tempfile.TemporaryDirectory() as tmp:
         ins = []
@@ -338,20 +356,19 @@ def cmd_profile(a):
             np.save(p, x)
             ins += ["--input", f"{n}={p}"]
         shapes = sum((["--input-shape", f"{n}={','.join(map(str, s))}"] for n, s in specs), [])
-        w = Worker("shadownet", [a.bin, "--threads", str(a.threads), "bench", a.model, "--serve"] + ins + shapes)
+        w = Worker("shadownet", [bin_path, "--threads", str(threads), "bench", model, "--serve"] + ins + shapes)
         w.ask("warm 5")
-        ours = json.loads(w.ask(f"profile {a.runs}"))["steps"]
+        ours = json.loads(w.ask(f"profile {runs}"))["steps"]
         w.close()
-    sess = ort_session(a.model, a.threads, profile=True)
+    sess = ort_session(model, threads, profile=True)
     names = [o.name for o in sess.get_outputs()]
-    for _ in range(5 + a.runs):
+    for _ in range(5 + runs):
         sess.run(names, feeds)
     prof_file = sess.end_profiling()
     with open(prof_file) as f:
         events = json.load(f)
     os.remove(prof_file)
-    per_node = {}
-    order = []
+    per_node, order = {}, []
     for e in events:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
             continue
@@ -360,17 +377,78 @@ def cmd_profile(a):
             per_node[n] = []
             order.append((n, e.get("args", {}).get("op_name", "?")))
         per_node[n].append(e["dur"] / 1e3)
-    ort_rows = [(n, op, statistics.median(per_node[n][-a.runs:])) for n, op in order]
+    ort = [(n, op, statistics.median(per_node[n][-runs:])) for n, op in order]
+    # Pair: the shadownet step whose nodes include the ONNX Runtime node's base name.
+    owner = {}
+    for i, st in enumerate(ours):
+        for part in st["name"].split("+"):
+            owner.setdefault(part, i)
+    pairs = {i: [] for i in range(len(ours))}
+    unmatched = []
+    for n, op, t in ort:
+        base = re.sub(r"(_nchwc|_token_\d+)+$", "", n)
+        base = base[len("fused "):] if base.startswith("fused ") else base
+        i = owner.get(base)
+        if i is None:
+            unmatched.append((n, op, t))
+        else:
+            pairs[i].append((n, op, t))
+    # Linear nodes named after nodes the importer folded away (batch norms): pair the
+    # rest in execution order with the linear steps still unpaired.
+    linear_ops = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
+    free_steps = [i for i, st in enumerate(ours) if st["macs"] > 0 and not pairs[i]]
+    rest = []
+    for n, op, t in unmatched:
+        if op in linear_ops and free_steps:
+            pairs[free_steps.pop(0)].append((n, op, t))
+        else:
+            rest.append((n, op, t))
+    return ours, ort, pairs, rest
+
+
+def profile_markdown(label, threads, ours, ort, pairs, unmatched, top=12):
     ours_total = sum(s["ms"] for s in ours)
-    ort_total = sum(t for _, _, t in ort_rows)
+    ort_total = sum(t for _, _, t in ort)
+    rows = []
+    for i, st in enumerate(ours):
+        o = sum(t for _, _, t in pairs[i])
+        rows.append((st["ms"] - o, st, o, pairs[i]))
+    rows.sort(key=lambda r: -r[0])
+    lines = [
+        f"**{label}, {threads} thread(s)**: per-layer medians, shadownet steps {ours_total:.3f} ms summed, "
+        f"ONNX Runtime nodes {ort_total:.3f} ms summed; the {top} steps where shadownet loses most:",
+        "",
+        "| shadownet step | ms | GFLOP/s | ONNX Runtime node(s) | ms | difference ms |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
+    for d, st, o, ps in rows[:top]:
+        gf = 2 * st["macs"] / st["ms"] / 1e6 if st["ms"] > 0 and st["macs"] else 0
+        nodes = ", ".join(f"{n} ({op})" for n, op, _ in ps) or "-"
+        lines.append(f"| {st['name'][:60]} | {st['ms']:.3f} | {gf:.0f} | {nodes[:60]} | {o:.3f} | {d:+.3f} |")
+    if unmatched:
+        um = sum(t for _, _, t in unmatched)
+        lines += ["", f"ONNX Runtime nodes without a shadownet step (layout changes and the like): {um:.3f} ms: "
+                  + ", ".join(f"{n} {t:.3f}" for n, _, t in unmatched[:8])]
+    return "\n".join(lines)
+
+
+def cmd_profile(a):
+    """Per-layer times: shadownet's plan steps and ONNX Runtime's nodes (medians)."""
+    overrides = {}
+    for s in a.input_shape or []:
+        n, _, d = s.partition("=")
+        overrides[n] = tuple(int(x) for x in d.split(","))
+    ours, ort, pairs, unmatched = profile_pair(a.bin, a.model, overrides, a.threads, a.runs, a.seed)
     print(f"# {os.path.basename(a.model)}, {a.threads} thread(s), medians of {a.runs} runs")
-    print(f"shadownet: {len(ours)} steps, {ours_total:.3f} ms summed; ONNX Runtime: {len(ort_rows)} nodes, {ort_total:.3f} ms summed")
-    print("\n## shadownet plan steps (ms, GFLOP/s)")
-    for s in ours:
+    print(f"shadownet: {len(ours)} steps, {sum(s['ms'] for s in ours):.3f} ms summed; "
+          f"ONNX Runtime: {len(ort)} nodes, {sum(t for _, _, t in ort):.3f} ms summed")
+    print("\n## shadownet plan steps (ms, GFLOP/s) and the ONNX Runtime nodes they cover (ms)")
+    for i, s in enumerate(ours):
         gf = 2 * s["macs"] / s["ms"] / 1e6 if s["ms"] > 0 and s["macs"] else 0
-        print(f"{s['ms']:8.3f} {gf:7.1f}  {s['name']}")
-    print("\n## ONNX Runtime nodes (ms)")
-    for n, op, t in ort_rows:
+        ort_ms = sum(t for _, _, t in pairs[i])
+        print(f"{s['ms']:8.3f} {gf:7.1f}  {ort_ms:8.3f}  {s['name']}  <- {', '.join(n for n, _, _ in pairs[i])}")
+    print("\n## ONNX Runtime nodes without a shadownet step (ms)")
+    for n, op, t in unmatched:
         print(f"{t:8.3f}  {op:<18} {n}")
 
 
@@ -389,6 +467,8 @@ def main():
     r.add_argument("--models", nargs="*")
     r.add_argument("--doc", help="update the generated section of this markdown file")
     r.add_argument("--cpu", default="unknown CPU", help="the CPU's name, for --doc")
+    r.add_argument("--profile-runs", type=int, default=20,
+                   help="runs of the per-layer profile of every model slower than ONNX Runtime (0: none)")
     w = sub.add_parser("worker-ort")
     w.add_argument("--model", required=True)
     w.add_argument("--input", action="append", default=[])

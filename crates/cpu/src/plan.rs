@@ -565,6 +565,8 @@ struct Builder<'g> {
     planar_copy: HashMap<V, V>,
     nchw_copy: HashMap<V, V>,
     is_output: Vec<bool>,
+    /// Nodes the last `absorb` fused, in order (they name the step).
+    chain: Vec<usize>,
 }
 
 fn numel(s: &[usize]) -> usize {
@@ -617,6 +619,7 @@ impl<'g> Builder<'g> {
             planar_copy: HashMap::new(),
             nchw_copy: HashMap::new(),
             is_output,
+            chain: Vec::new(),
         };
         for (i, &v) in g.inputs.iter().enumerate() {
             b.vals[v].kind = Kind::Input(i);
@@ -853,6 +856,7 @@ impl<'g> Builder<'g> {
                         stages.push(f);
                         for n in nodes {
                             self.absorbed[n] = true;
+                            self.chain.push(n);
                         }
                         cur = end;
                         continue;
@@ -903,6 +907,7 @@ impl<'g> Builder<'g> {
                     }
                     stages.push(f2);
                     self.absorbed[k] = true;
+                    self.chain.push(k);
                     cur = node.outputs[0];
                     continue;
                 }
@@ -951,6 +956,7 @@ impl<'g> Builder<'g> {
             }
             stages.push(f);
             self.absorbed[k] = true;
+            self.chain.push(k);
             cur = node.outputs[0];
         }
     }
@@ -1031,6 +1037,16 @@ impl<'g> Builder<'g> {
         ))
     }
 
+    /// The step name: node `k` and the nodes the last `absorb` fused into it.
+    fn chain_name(&self, k: usize) -> String {
+        let mut n = self.g.nodes[k].name.clone();
+        for &c in &self.chain {
+            n.push('+');
+            n.push_str(&self.g.nodes[c].name);
+        }
+        n
+    }
+
     fn try_conv(&mut self, k: usize) -> Result<bool> {
         let g = self.g;
         let node = &g.nodes[k];
@@ -1083,9 +1099,10 @@ impl<'g> Builder<'g> {
             } => !st.iter().any(|s| matches!(s, Fuse::Tensor { .. })),
             _ => false,
         };
+        self.chain.clear();
         let end = self.absorb(out0, k, 1, &mut stages, &accept);
+        let name = self.chain_name(k);
         let mut res = None;
-        let mut names = vec![node.name.clone()];
         let mut leading = true;
         for f in stages {
             match f {
@@ -1105,13 +1122,11 @@ impl<'g> Builder<'g> {
                 Fuse::Act(a) => {
                     leading = false;
                     p.epilogue.stages.push(Stage::Act(a));
-                    names.push(format!("{a:?}"));
                 }
                 Fuse::Tensor { v, .. } => {
                     leading = false;
                     res = Some(v);
                     p.epilogue.stages.push(Stage::AddResidual);
-                    names.push("add".into());
                 }
                 Fuse::ChanTensor { .. } => unreachable!("not accepted for convolutions"),
             }
@@ -1137,7 +1152,7 @@ impl<'g> Builder<'g> {
                 out: end,
                 res,
             },
-            names.join("+"),
+            name,
             macs,
         );
         Ok(true)
@@ -1168,7 +1183,9 @@ impl<'g> Builder<'g> {
         let mut stages = Vec::new();
         let accept = |f: &Fuse, _: &[Fuse]| matches!(f, Fuse::Act(_) | Fuse::Chan { .. });
         let axis = oshape.len() - 1;
+        self.chain.clear();
         let end = self.absorb(out0, k, axis, &mut stages, &accept);
+        let name = self.chain_name(k);
         for f in stages {
             match f {
                 Fuse::Act(a) => d.stages.push(EStage::Act(a)),
@@ -1185,7 +1202,7 @@ impl<'g> Builder<'g> {
                 m,
                 out: end,
             },
-            node.name.clone(),
+            name,
             (m * kk * n) as u64,
         );
         true
@@ -1265,6 +1282,7 @@ impl<'g> Builder<'g> {
         };
         stages.push(first);
         let accept = |_: &Fuse, st: &[Fuse]| st.len() < 8;
+        self.chain.clear();
         let end = self.absorb(out0, k, 1, &mut stages, &accept);
         // Tensor operands absorbed later must be blocked too.
         for s in stages.iter_mut() {
@@ -1276,7 +1294,7 @@ impl<'g> Builder<'g> {
             }
         }
         self.vals[end].kind = Kind::Blocked;
-        let name = node.name.clone();
+        let name = self.chain_name(k);
         self.push(
             AStep::Eltwise {
                 x,
