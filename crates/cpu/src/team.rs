@@ -8,7 +8,9 @@
 //! whatever a late or descheduled worker has not claimed yet. Spinning through a whole
 //! inference instead made the worker look like a CPU hog to the scheduler of a busy
 //! machine, which then descheduled it in the middle of its items (a long tail of slow
-//! runs at two threads).
+//! runs at two threads). Spinning threads also yield the CPU every few microseconds: on
+//! an oversubscribed machine the thread they wait for may need that very core (on an
+//! idle one the yield returns at once).
 use std::cell::Cell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -94,6 +96,10 @@ fn worker(s: &Shared, id: usize) {
             }
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(64) {
+                // On a busy machine the leader may be waiting for this very core.
+                std::thread::yield_now();
+            }
             if spins.is_multiple_of(64) && t0.elapsed() > IDLE_SPIN {
                 let mut g = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
                 s.sleepers.fetch_add(1, SeqCst);
@@ -166,8 +172,14 @@ impl Team {
             s.wake.notify_all();
         }
         run_items(s, epoch);
+        let mut spins = 0u32;
         while s.done.load(SeqCst) < n {
             std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(64) {
+                // The worker finishing its item may be waiting for this core.
+                std::thread::yield_now();
+            }
         }
         if s.panicked.load(SeqCst) {
             resume_unwind(Box::new("a worker thread panicked in a kernel"));
