@@ -8,9 +8,10 @@
 //! whatever a late or descheduled worker has not claimed yet. Spinning through a whole
 //! inference instead made the worker look like a CPU hog to the scheduler of a busy
 //! machine, which then descheduled it in the middle of its items (a long tail of slow
-//! runs at two threads). Spinning threads also yield the CPU every few microseconds: on
-//! an oversubscribed machine the thread they wait for may need that very core (on an
-//! idle one the yield returns at once).
+//! runs at two threads). A thread that has spun for 20 µs also yields the CPU between
+//! checks: on an oversubscribed machine the thread it waits for may need that very core.
+//! (Yielding from the first microsecond kept the worker off the CPU whenever other jobs
+//! were runnable, and two threads ran no faster than one.)
 use std::cell::Cell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -49,6 +50,10 @@ pub(crate) struct Team {
 /// How long an idle worker spins before it sleeps: longer than the gap between two
 /// layers, shorter than a scheduler time slice.
 const IDLE_SPIN: Duration = Duration::from_micros(100);
+
+/// How long a thread spins before it starts yielding the CPU between checks: waits
+/// between layers of two running threads are far shorter.
+const YIELD_AFTER: Duration = Duration::from_micros(20);
 
 impl Team {
     fn new(workers: usize) -> Team {
@@ -96,8 +101,8 @@ fn worker(s: &Shared, id: usize) {
             }
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(64) {
-                // On a busy machine the leader may be waiting for this very core.
+            if spins.is_multiple_of(64) && t0.elapsed() > YIELD_AFTER {
+                // A long wait: on a busy machine the leader may need this very core.
                 std::thread::yield_now();
             }
             if spins.is_multiple_of(64) && t0.elapsed() > IDLE_SPIN {
@@ -173,11 +178,12 @@ impl Team {
         }
         run_items(s, epoch);
         let mut spins = 0u32;
+        let t0 = Instant::now();
         while s.done.load(SeqCst) < n {
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(64) {
-                // The worker finishing its item may be waiting for this core.
+            if spins.is_multiple_of(64) && t0.elapsed() > YIELD_AFTER {
+                // A long wait: the worker finishing its item may need this core.
                 std::thread::yield_now();
             }
         }
