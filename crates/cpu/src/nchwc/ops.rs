@@ -116,30 +116,20 @@ pub(crate) unsafe fn pool(x: CPtr, xg: &Geom, out: Ptr, og: &Geom, p: &Pool, max
                         out.get().add(og.at(n, cb, oy as isize, 0)),
                         og.w * B,
                     );
-                    for (ox, o) in orow.chunks_exact_mut(B).enumerate() {
-                        let mut acc = [if max { f32::NEG_INFINITY } else { 0.0 }; B];
-                        for ky in 0..kh {
-                            let row = x.get().add(xg.at(n, cb, (oy * sh + ky * dh) as isize, 0));
-                            for kx in 0..kw {
-                                let v: &[f32; B] =
-                                    &*(row.add((ox * sw + kx * dw) * B) as *const [f32; B]);
-                                if max {
-                                    for (a, &v) in acc.iter_mut().zip(v) {
-                                        // NaN propagates like the portable kernel.
-                                        *a = if v > *a || v.is_nan() { v } else { *a };
-                                    }
-                                } else {
-                                    for (a, &v) in acc.iter_mut().zip(v) {
-                                        *a += v;
-                                    }
-                                }
-                            }
-                        }
-                        if !max {
-                            acc.iter_mut().for_each(|a| *a /= div);
-                        }
-                        o.copy_from_slice(&acc);
+                    let row0 = x.get().add(xg.at(n, cb, (oy * sh) as isize, 0));
+                    let geo = PoolRow {
+                        kernel: [kh, kw],
+                        stride: sw,
+                        dilation: [dh, dw],
+                        row_stride: xg.row_stride(),
+                        div,
+                    };
+                    #[cfg(target_arch = "x86_64")]
+                    if has_avx512() {
+                        pool_row_avx512(row0, &geo, orow, max);
+                        continue;
                     }
+                    pool_row(row0, &geo, orow, max);
                 }
                 zero_halo_rows(out.get(), og, n, cb, y0, y1);
             })
@@ -202,6 +192,105 @@ pub(crate) unsafe fn pool(x: CPtr, xg: &Geom, out: Ptr, og: &Geom, p: &Pool, max
             zero_halo_rows(out.get(), og, n, cb, y0, y1);
         })
     });
+}
+
+/// One output row of a pooling whose windows lie inside the input.
+struct PoolRow {
+    kernel: [usize; 2],
+    stride: usize,
+    dilation: [usize; 2],
+    row_stride: usize,
+    div: f32,
+}
+
+/// The portable row: `row0` is the window's first input row.
+unsafe fn pool_row(row0: *const f32, g: &PoolRow, orow: &mut [f32], max: bool) {
+    let [kh, kw] = g.kernel;
+    for (ox, o) in orow.chunks_exact_mut(B).enumerate() {
+        let mut acc = [if max { f32::NEG_INFINITY } else { 0.0 }; B];
+        for ky in 0..kh {
+            let row = row0.add(ky * g.dilation[0] * g.row_stride);
+            for kx in 0..kw {
+                let v = std::slice::from_raw_parts(
+                    row.add((ox * g.stride + kx * g.dilation[1]) * B),
+                    B,
+                );
+                for (a, &v) in acc.iter_mut().zip(v) {
+                    // NaN propagates like the portable kernel.
+                    *a = if !max {
+                        *a + v
+                    } else if v > *a || v.is_nan() {
+                        v
+                    } else {
+                        *a
+                    };
+                }
+            }
+        }
+        if !max {
+            acc.iter_mut().for_each(|a| *a /= g.div);
+        }
+        o.copy_from_slice(&acc);
+    }
+}
+
+/// The AVX-512 row, four output pixels at a time so their chains of compares (or adds)
+/// overlap; the same steps as `pool_row`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pool_row_avx512(row0: *const f32, g: &PoolRow, orow: &mut [f32], max: bool) {
+    use core::arch::x86_64::*;
+    let [kh, kw] = g.kernel;
+    let ow = orow.len() / B;
+    let init = _mm512_set1_ps(if max { f32::NEG_INFINITY } else { 0.0 });
+    let step = |a: __m512, v: __m512| -> __m512 {
+        if max {
+            let take =
+                _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, a) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            _mm512_mask_mov_ps(a, take, v)
+        } else {
+            _mm512_add_ps(a, v)
+        }
+    };
+    let finish = |a: __m512| {
+        if max {
+            a
+        } else {
+            _mm512_div_ps(a, _mm512_set1_ps(g.div))
+        }
+    };
+    let mut ox = 0;
+    while ox + 4 <= ow {
+        let mut acc = [init; 4];
+        for ky in 0..kh {
+            let row = row0.add(ky * g.dilation[0] * g.row_stride);
+            for kx in 0..kw {
+                for (q, a) in acc.iter_mut().enumerate() {
+                    let v =
+                        _mm512_loadu_ps(row.add(((ox + q) * g.stride + kx * g.dilation[1]) * B));
+                    *a = step(*a, v);
+                }
+            }
+        }
+        for (q, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(orow.as_mut_ptr().add((ox + q) * B), finish(*a));
+        }
+        ox += 4;
+    }
+    while ox < ow {
+        let mut a = init;
+        for ky in 0..kh {
+            let row = row0.add(ky * g.dilation[0] * g.row_stride);
+            for kx in 0..kw {
+                a = step(
+                    a,
+                    _mm512_loadu_ps(row.add((ox * g.stride + kx * g.dilation[1]) * B)),
+                );
+            }
+        }
+        _mm512_storeu_ps(orow.as_mut_ptr().add(ox * B), finish(a));
+        ox += 1;
+    }
 }
 
 /// Global average or max pooling into a 1×1 blocked output.

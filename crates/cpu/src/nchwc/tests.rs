@@ -237,3 +237,64 @@ fn depthwise_convs_match() {
         }
     }
 }
+
+#[test]
+fn blocked_pooling_matches_the_portable_kernel_with_nans() {
+    use super::ops::{pool, CPtr, Ptr};
+    use shadownet_ir::Pool;
+    let mut seed = 7;
+    for &(c, h, w) in &[(16, 9, 13), (20, 8, 8), (3, 12, 5)] {
+        for &(k, s, pads, extra) in &[
+            (2, 2, [0; 4], [0; 2]),
+            (3, 1, [1; 4], [0; 2]),
+            (3, 2, [0, 0, 1, 1], [1, 1]),
+            (2, 1, [0, 0, 1, 1], [0; 2]),
+        ] {
+            for max in [true, false] {
+                seed += 1;
+                let mut x = Tensor::new(vec![1, c, h, w], rand(c * h * w, seed)).unwrap();
+                // A few NaNs, which max pooling must carry through.
+                for i in (0..x.len()).step_by(37) {
+                    x.data[i] = f32::NAN;
+                }
+                let p = Pool {
+                    kernel: [k, k],
+                    stride: [s, s],
+                    dilation: [1, 1],
+                    pads,
+                    extra_end: extra,
+                    count_include_pad: seed % 2 == 0,
+                };
+                let op = if max {
+                    shadownet_ir::Op::MaxPool(p.clone())
+                } else {
+                    shadownet_ir::Op::AvgPool(p.clone())
+                };
+                let want = shadownet_kernels::eval("p", &op, &[&x]).unwrap().remove(0);
+                let xg = Geom::new([1, c, h, w], 1);
+                let og = Geom::new([1, c, want.shape[2], want.shape[3]], 1);
+                let mut xb = AlignedBuf::zeros(xg.len());
+                to_blocked(&x.data, &xg, xb.as_mut_slice());
+                for portable in [false, true] {
+                    let mut ob = AlignedBuf::zeros(og.len());
+                    let out = Ptr(ob.as_mut_slice().as_mut_ptr());
+                    let run =
+                        || unsafe { pool(CPtr(xb.as_slice().as_ptr()), &xg, out, &og, &p, max) };
+                    if portable {
+                        portable_only(run);
+                    } else {
+                        run();
+                    }
+                    let mut got = vec![0f32; want.len()];
+                    from_blocked(ob.as_slice(), &og, &mut got);
+                    for (a, b) in got.iter().zip(&want.data) {
+                        assert!(
+                            (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                            "{a} vs {b} (k {k} s {s} pads {pads:?} max {max} portable {portable})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
