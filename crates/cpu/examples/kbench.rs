@@ -62,9 +62,18 @@ fn main() {
         } else {
             InputKind::Blocked
         };
-        let mut p = PackedConv::new(&c, &w, &[cout, cg, k, k], None, cin, oh, kind).unwrap();
+        let mut p = PackedConv::new(
+            &c,
+            &w,
+            &[cout, cg, k, k],
+            None,
+            cin,
+            if k == 1 && s == 1 { oh * oh } else { oh },
+            kind,
+        )
+        .unwrap();
         p.epilogue.stages.push(Stage::Act(Act::Relu));
-        let ig = Geom::new([1, cin, hw, hw], 1);
+        let ig = Geom::new([1, cin, hw, hw], k / 2);
         let og = Geom::new([1, cout, oh, oh], 1);
         let pg = Planar {
             n: 1,

@@ -1075,7 +1075,13 @@ impl<'g> Builder<'g> {
         } else {
             InputKind::Planar
         };
-        let Some(mut p) = PackedConv::new(c, &w.data, &w.shape, bias, cin, oshape[3], kind) else {
+        // The width the tiles cover: a pointwise convolution's whole image (see `run`).
+        let tile_w = if c.kernel == [1, 1] && c.stride == [1, 1] && c.pads == [0; 4] {
+            oshape[2] * oshape[3]
+        } else {
+            oshape[3]
+        };
+        let Some(mut p) = PackedConv::new(c, &w.data, &w.shape, bias, cin, tile_w, kind) else {
             return Ok(false);
         };
         let xin = match kind {

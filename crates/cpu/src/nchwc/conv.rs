@@ -517,6 +517,15 @@ impl PackedConv {
         };
         let xs = c.stride[1] * px;
         let fast = self.epilogue.fast();
+        // A 1×1 stride-1 convolution over an input without halo sees its pixels as one
+        // flat run: tiles flow across row ends (staged through `tmp` when the output has
+        // a halo there), so every tile is full. Rows 14 wide made 5 + 5 + 4 tiles.
+        let flat = !self.depthwise
+            && c.kernel == [1, 1]
+            && c.stride == [1, 1]
+            && c.pads == [0; 4]
+            && res_geom.is_none()
+            && matches!(io.in_geom, InGeom::Blocked(g) if g.halo == 0 && g.w == ow && g.h == oh);
         // Depthwise with the row kernels: 3- or 5-wide windows, dilation 1 along the row.
         let row_dw = self.depthwise
             && avx
@@ -573,7 +582,42 @@ impl PackedConv {
                 xs,
                 fast,
             };
-            for oy in y0..y1 {
+            if flat {
+                let mut tmp = [0f32; 4 * 16 * B];
+                let (p_start, p_end) = (y0 * ow, y1 * ow);
+                for (t0, len) in runs(p_end - p_start, pmax(nb)) {
+                    let p0 = p_start + t0;
+                    let (oy, ox) = (p0 / ow, p0 % ow);
+                    a.inp = io.inp.offset(origin(img, oy, ox));
+                    a.p = len;
+                    let k = conv_kernel_for(nb, len, xs, avx);
+                    if ox + len <= ow {
+                        a.out = io.out.add(og.at(img, b0, oy as isize, ox as isize));
+                        a.out_cb_stride = og.block_stride();
+                        k(&a);
+                    } else {
+                        a.out = tmp.as_mut_ptr();
+                        a.out_cb_stride = len * B;
+                        k(&a);
+                        for ob in 0..nb {
+                            for q in 0..len {
+                                let p = p0 + q;
+                                std::ptr::copy_nonoverlapping(
+                                    tmp.as_ptr().add((ob * len + q) * B),
+                                    io.out.add(og.at(
+                                        img,
+                                        b0 + ob,
+                                        (p / ow) as isize,
+                                        (p % ow) as isize,
+                                    )),
+                                    B,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            for oy in (y0..y1).filter(|_| !flat) {
                 let run_max = if row_dw {
                     DW_ROW_PMAX
                 } else if self.depthwise {
