@@ -368,7 +368,6 @@ impl PackedConv {
                     }
                 }
             } else {
-                let per_ic = self.n_icb * taps;
                 for &(b0, n, goff) in &self.groups {
                     let mut o = goff;
                     for icb in 0..self.n_icb {
@@ -377,7 +376,6 @@ impl PackedConv {
                         } else {
                             self.icn_full
                         };
-                        let _ = per_ic;
                         for _t in 0..taps {
                             for _ic in 0..icn {
                                 for ob in 0..n {
@@ -491,9 +489,9 @@ impl PackedConv {
         let c = &self.conv;
         let n = og.n;
         let avx = has_avx512();
-        let (in_cb_stride, in_img, px) = match io.in_geom {
-            InGeom::Blocked(g) => (g.block_stride(), g.image_stride, B),
-            InGeom::Planar(p) => (p.plane(), p.c * p.plane(), 1),
+        let (in_cb_stride, px) = match io.in_geom {
+            InGeom::Blocked(g) => (g.block_stride(), B),
+            InGeom::Planar(p) => (p.plane(), 1),
         };
         // Top-left tap of output pixel (oy, ox): input (oy·sh − pt, ox·sw − pl).
         let origin = |img: usize, oy: usize, ox: usize| -> isize {
@@ -504,7 +502,6 @@ impl PackedConv {
                 InGeom::Planar(p) => p.at(img, 0, y, x) as isize,
             }
         };
-        let _ = in_img;
         let res_geom = io.res_geom;
         let cob = self.cout.div_ceil(B);
         let tail = self.cout % B;
