@@ -3,20 +3,26 @@
 # write docs/benchmarks.md and docs/benchmarks.png.
 #
 #   scripts/bench.sh [--runs N] [--warmup N] [--threads N]
+#   scripts/bench.sh --peers [--runs N] [--warmup N] [--threads 1,2]
 #
 # Defaults: 20 runs, 3 warm-up, 2 threads. Raw JSON lands in target/bench/.
+# --peers instead times the plain engine against ONNX Runtime and tract (tools/peers),
+# interleaved, each a long-lived process (defaults 60 runs, 10 warm-up, 1 and 2 threads),
+# and rewrites only the plain-engine section of docs/benchmarks.md.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-RUNS=20
-WARMUP=3
-THREADS=2
+RUNS=""
+WARMUP=""
+THREADS=""
+PEERS=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --runs) RUNS="$2"; shift 2 ;;
         --warmup) WARMUP="$2"; shift 2 ;;
         --threads) THREADS="$2"; shift 2 ;;
-        -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+        --peers) PEERS=1; shift ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -24,7 +30,24 @@ done
 cd "$REPO"
 "$REPO/scripts/make-fixtures.sh"
 cargo build --release --quiet
-PY="$REPO/.venv/bin/python"
+PY="${SHADOWNET_PYTHON:-$REPO/.venv/bin/python}"
+CPU="$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
+
+if [[ $PEERS == 1 ]]; then
+    # tract lives in its own Cargo project, so the shipped binary never links it.
+    cargo build --release --quiet --manifest-path "$REPO/tools/peers/Cargo.toml"
+    OUT="$REPO/target/bench"
+    mkdir -p "$OUT"
+    BIN="$OUT/shadownet"
+    cp "$REPO/target/release/shadownet" "$BIN"
+    exec "$PY" "$REPO/scripts/peers.py" run --bin "$BIN" \
+        --tract "$REPO/tools/peers/target/release/shadownet-peers" \
+        --out "$OUT" --runs "${RUNS:-60}" --warmup "${WARMUP:-10}" --threads "${THREADS:-1,2}" \
+        --doc "$REPO/docs/benchmarks.md" --cpu "$CPU"
+fi
+RUNS="${RUNS:-20}"
+WARMUP="${WARMUP:-3}"
+THREADS="${THREADS:-2}"
 # matplotlib only for the chart; kept out of setup-venv.sh (CI needs no plots).
 "$PY" -c 'import matplotlib' 2>/dev/null || "$PY" -m pip install -q --disable-pip-version-check matplotlib
 
@@ -44,7 +67,6 @@ for n in "${PAPER[@]}"; do
         --json --reference > "$OUT/$n.json"
 done
 
-CPU="$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
 NCPU="$(nproc)"
 "$PY" - "$OUT" "$REPO/docs" "$CPU" "$NCPU" "$LOAD" "$CMD" "${PAPER[@]}" <<'PYEOF'
 import datetime, json, os, sys
@@ -149,17 +171,21 @@ notes = [r.get("reference_note") for _, r, _ in rows if r.get("reference_note")]
 if notes:
     lines += ["", "Notes: " + "; ".join(sorted(set(notes)))]
 lines += ["", "![latency per model](benchmarks.png)", ""]
-# The GPU section (scripts/bench-gpu.sh writes it) is kept as it is.
+# The sections other scripts write (plain engine: `--peers`; int8: scripts/bench_int8.sh;
+# GPU: scripts/bench-gpu.sh) are kept as they are.
 md = os.path.join(docs, "benchmarks.md")
-gpu_mark = "<!-- GPU section: scripts/bench-gpu.sh -->"
-kept = ""
+kept = []
 if os.path.exists(md):
     with open(md) as fh:
         old_md = fh.read()
+    for begin, end in [("<!-- peers:begin -->", "<!-- peers:end -->"), ("<!-- int8:", "<!-- /int8 -->")]:
+        if begin in old_md and end in old_md:
+            kept.append(begin + old_md.split(begin, 1)[1].split(end, 1)[0] + end + "\n")
+    gpu_mark = "<!-- GPU section: scripts/bench-gpu.sh -->"
     if gpu_mark in old_md:
-        kept = old_md[old_md.index(gpu_mark):]
+        kept.append(old_md[old_md.index(gpu_mark):])
 with open(md, "w") as fh:
-    fh.write("\n".join(lines) + ("\n" + kept if kept else ""))
+    fh.write("\n".join(lines) + "".join("\n" + k for k in kept))
 
 def med(name):
     return lambda r, v: v.get(name, {}).get("median_ms")
