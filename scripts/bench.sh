@@ -85,6 +85,9 @@ for n in names:
 def f(x, d=2):
     return "-" if x is None else f"{x:.{d}f}"
 
+def mib(b):
+    return "-" if b is None else f"{b / 2**20:.2f}"
+
 def ratio(a, b):
     return None if a is None or not b else a / b
 
@@ -120,17 +123,20 @@ lines += [
     "pipe, `inproc` in the same process behind the same message API. Hardened variants draw",
     "their one-time masks from a pool precomputed (by the trusted core, sealed, kept on disk)",
     "before timing: `precompute ms/inf` is that offline cost per inference (inproc) and",
-    "`pool MB/inf` the disk it takes. Round trips and trusted memory (secret model resident in",
-    "the trusted core + peak activations) are the shadownet scheme's; the hardened scheme's",
-    "are in the second table.",
+    "`pool MB/inf` the disk it takes. Trusted peak is the enclave process's heap high-water mark",
+    "(a counting allocator in `shadownet-enclave`), measured separately while inferring (the",
+    "secret model resident, activations, one layer's buffers) and while opening the package",
+    "and precomputing its pool. Round trips and trusted peak here are the shadownet scheme's;",
+    "the hardened scheme's are in the second table.",
     "",
     "| model | GFLOPs | plain ms | ORT ms | plain/ORT | shadownet inproc ms | ×plain | accel ms | "
     "shadownet process ms | ×plain | hardened inproc ms | ×plain | hardened process ms | ×plain | "
-    "hardened precompute ms/inf | pool MB/inf | round trips | trusted memory MiB |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "hardened precompute ms/inf | pool MB/inf | round trips | trusted peak MiB (inference) | "
+    "(open) |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
 ]
-VARIANTS = [("shadownet", "secure-inproc", "secure-process"),
-            ("hardened", "secure-hardened-inproc", "secure-hardened-process")]
+VARIANTS = [("shadownet", "shadownet-inproc", "shadownet-process"),
+            ("hardened", "hardened-inproc", "hardened-process")]
 for n, r, v in rows:
     p = v["plain"]
     ort = (r.get("reference") or {}).get("median_ms")
@@ -139,13 +145,15 @@ for n, r, v in rows:
         for k in (a, b):
             x = v.get(k, {})
             cells += [f(x.get("median_ms")), f(x.get("ratio_vs_plain"))]
-            if k == "secure-inproc":
+            if k == "shadownet-inproc":
                 cells.append(f(x.get("accel_median_ms")))
-    hi = v.get("secure-hardened-inproc", {})
+    hi = v.get("hardened-inproc", {})
     pool = hi.get("pool_bytes_per_inference")
-    si = v.get("secure-inproc", {})
+    si = v.get("shadownet-inproc", {})
+    sp = v.get("shadownet-process", {})
     cells += [f(hi.get("precompute_ms_per_inference")), f(None if pool is None else pool / 1e6),
-              str(si.get("round_trips", "-")), f(si.get("trusted_mib"))]
+              str(si.get("round_trips", "-")), mib(sp.get("trusted_peak_bytes")),
+              mib(sp.get("trusted_setup_peak_bytes"))]
     lines.append("| " + " | ".join(cells) + " |")
 lines += [
     "",
@@ -156,17 +164,19 @@ lines += [
     "is an upper bound of the mask + check cost, not a measurement of either alone.",
     "",
     "| model | shadownet inproc ms | hardened inproc ms | difference ms | difference / hardened | "
-    "hardened round trips | hardened trusted memory MiB |",
-    "|---|---:|---:|---:|---:|---:|---:|",
+    "hardened round trips | hardened trusted peak MiB (inference) | (open + precompute) |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
 ]
 for n, r, v in rows:
-    a = v.get("secure-inproc", {}).get("median_ms")
-    hv = v.get("secure-hardened-inproc", {})
+    a = v.get("shadownet-inproc", {}).get("median_ms")
+    hv = v.get("hardened-inproc", {})
+    hp = v.get("hardened-process", {})
     b = hv.get("median_ms")
     d = None if a is None or b is None else b - a
     share = None if d is None or not b else 100 * d / b
     lines.append("| " + " | ".join([n, f(a), f(b), f(d), "-" if share is None else f"{share:.0f}%",
-                                      str(hv.get("round_trips", "-")), f(hv.get("trusted_mib"))]) + " |")
+                                      str(hv.get("round_trips", "-")), mib(hp.get("trusted_peak_bytes")),
+                                      mib(hp.get("trusted_setup_peak_bytes"))]) + " |")
 notes = [r.get("reference_note") for _, r, _ in rows if r.get("reference_note")]
 if notes:
     lines += ["", "Notes: " + "; ".join(sorted(set(notes)))]
@@ -191,10 +201,10 @@ def med(name):
     return lambda r, v: v.get(name, {}).get("median_ms")
 series = [("ONNX Runtime", lambda r, v: (r.get("reference") or {}).get("median_ms")),
           ("plain", med("plain")),
-          ("shadownet inproc", med("secure-inproc")),
-          ("shadownet process", med("secure-process")),
-          ("hardened inproc", med("secure-hardened-inproc")),
-          ("hardened process", med("secure-hardened-process"))]
+          ("shadownet inproc", med("shadownet-inproc")),
+          ("shadownet process", med("shadownet-process")),
+          ("hardened inproc", med("hardened-inproc")),
+          ("hardened process", med("hardened-process"))]
 fig, ax = plt.subplots(figsize=(11, 4.8))
 w = 0.13
 for k, (label, get) in enumerate(series):
