@@ -57,6 +57,15 @@ pub struct BenchArgs {
     /// accelerator's time into upload, compute and download.
     #[arg(long, value_enum, default_value = "cpu")]
     pub accelerator: AcceleratorKind,
+    /// Plain engine only, as a long-lived worker of `scripts/bench.sh --peers`: compile
+    /// once, then answer one command per stdin line (`warm N`, `time`, `save DIR`,
+    /// `profile N`, `quit`).
+    #[arg(long)]
+    pub serve: bool,
+    /// With --serve: an input array, NAME=FILE.npy or FILE.npy (repeatable; default a
+    /// seeded N(0,1) input).
+    #[arg(long = "input")]
+    pub inputs: Vec<String>,
 }
 
 /// Latency summary in milliseconds.
@@ -151,7 +160,11 @@ struct SecureVariant {
     max_rel_err: f32,
     kept_layers: usize,
     /// Peak heap of the enclave process (counting allocator), process mode only.
+    /// The enclave process's heap peak while inferring (the secret model resident, the
+    /// activations, the buffers of one layer).
     trusted_peak: Option<u64>,
+    /// Its peak while opening the package and precomputing the pool.
+    trusted_setup_peak: Option<u64>,
     /// GPU: reads the accelerator's [upload, compute, download] ms, and their samples.
     split: Option<SplitReader>,
     split_samples: Vec<[f64; 3]>,
@@ -207,6 +220,9 @@ fn ms(t0: Instant) -> f64 {
 
 /// Runs the benchmark and prints a table (or JSON with `--json`).
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.serve {
+        return serve(args);
+    }
     let report = bench(args)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -242,7 +258,9 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         .iter()
         .map(|(_, s)| random_input(s, &mut rng))
         .collect::<Result<Vec<_>>>()?;
-    let want = shadownet_cpu::run_graph(g, &xs).context("plain inference failed")?;
+    // The plain engine as a user runs it: compiled once, then run.
+    let mut plan = shadownet_cpu::Plan::compile(g).context("cannot compile the plain plan")?;
+    let want = plan.run(&xs).context("plain inference failed")?;
 
     // One device (trusting one vendor) for every package; the enclave process reads its
     // key from a file.
@@ -312,6 +330,7 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
                 rest: Vec::with_capacity(args.runs),
                 max_rel_err: 0.0,
                 trusted_peak: None,
+                trusted_setup_peak: None,
                 split: made.split,
                 split_samples: Vec::with_capacity(args.runs),
             });
@@ -327,12 +346,14 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
     // memory, page cache work after spent pool entries are deleted) outlasts its own
     // runs, and interleaved with it MiniVGG's shadownet runs took 1.4 ms instead of 1.1.
     for v in &mut variants {
+        // Opening and precomputing the pool end one peak window; the next is inference.
+        v.trusted_setup_peak = v.model.enclave_memory()?.map(|m| m.peak);
         for it in 0..args.warmup + args.runs {
             let timed = it >= args.warmup;
             // An untimed plain run first brings the plain model's data into cache.
-            shadownet_cpu::run_graph(g, &xs).context("plain inference failed")?;
+            plan.run(&xs).context("plain inference failed")?;
             let t0 = Instant::now();
-            let y = shadownet_cpu::run_graph(g, &xs).context("plain inference failed")?;
+            let y = plan.run(&xs).context("plain inference failed")?;
             let plain_dt = ms(t0);
             drop(y);
             if timed {
@@ -413,6 +434,7 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         j["kept_layers"] = json!(v.kept_layers);
         j["resident_bytes"] = json!(v.model.resident_bytes);
         j["trusted_peak_bytes"] = json!(v.trusted_peak);
+        j["trusted_setup_peak_bytes"] = json!(v.trusted_setup_peak);
         j["trusted_mib"] = json!(v.trusted_peak.map(|b| b as f64 / (1u64 << 20) as f64));
         j["convert_s"] = json!(v.convert_s);
         j["precompute_ms_per_inference"] = json!(v.precompute_ms_per_inference);
@@ -447,6 +469,99 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         "reference": reference,
         "reference_note": reference_note,
     }))
+}
+
+/// `--serve`: the plain engine as a long-lived benchmark worker (see [`BenchArgs::serve`]).
+/// `time` answers the wall time of one inference in ms; `profile N` one JSON line with
+/// every plan step's median time over N runs.
+fn serve(args: &BenchArgs) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let shapes = args
+        .input_shapes
+        .iter()
+        .map(|s| plain::parse_input_shape(s))
+        .collect::<Result<Vec<_>>>()?;
+    let m = shadownet_import::load_model(&args.model, &shapes)
+        .with_context(|| format!("cannot load model {}", args.model.display()))?;
+    let g = &m.graph;
+    let xs: Vec<Tensor> = if args.inputs.is_empty() {
+        let mut rng = Normal(args.seed ^ 0x5eed_5eed_5eed_5eed);
+        g.inputs
+            .iter()
+            .map(|&i| random_input(&g.values[i].shape, &mut rng))
+            .collect::<Result<_>>()?
+    } else {
+        let files: Vec<_> = args
+            .inputs
+            .iter()
+            .map(|s| plain::parse_input_arg(s))
+            .collect();
+        plain::bind_inputs(&plain::input_names(&m), &files)?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
+    };
+    let mut plan = shadownet_cpu::Plan::compile(g).context("cannot compile the plain plan")?;
+    plan.run(&xs).context("plain inference failed")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready shadownet {} threads", shadownet_cpu::threads())?;
+    out.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("warm") => {
+                let n: usize = words.next().unwrap_or("1").parse()?;
+                for _ in 0..n {
+                    plan.run(&xs)?;
+                }
+                writeln!(out, "ok")?;
+            }
+            Some("time") => {
+                let t0 = Instant::now();
+                let y = plan.run(&xs)?;
+                let dt = ms(t0);
+                drop(y);
+                writeln!(out, "{dt}")?;
+            }
+            Some("save") => {
+                let dir = PathBuf::from(words.next().context("save needs a directory")?);
+                let y = plan.run(&xs)?;
+                for (i, t) in y.iter().enumerate() {
+                    crate::npy::write_npy(&dir.join(format!("out{i}.npy")), t)?;
+                }
+                writeln!(out, "ok")?;
+            }
+            Some("profile") => {
+                let n: usize = words.next().unwrap_or("10").parse::<usize>()?.max(1);
+                let mut per_step: Vec<Vec<f64>> = Vec::new();
+                let mut names = Vec::new();
+                let mut macs = Vec::new();
+                for _ in 0..n {
+                    let (_, prof) = plan.run_profiled(&xs)?;
+                    if per_step.is_empty() {
+                        per_step = vec![Vec::with_capacity(n); prof.len()];
+                        names = prof.iter().map(|p| p.name.clone()).collect();
+                        macs = prof.iter().map(|p| p.macs).collect();
+                    }
+                    for (v, p) in per_step.iter_mut().zip(&prof) {
+                        v.push(p.ms);
+                    }
+                }
+                let steps: Vec<Value> = per_step
+                    .iter()
+                    .zip(&names)
+                    .zip(&macs)
+                    .map(|((v, n), m)| json!({"name": n, "ms": Stats::of(v).median, "macs": m}))
+                    .collect();
+                writeln!(out, "{}", json!({ "steps": steps }))?;
+            }
+            Some("quit") | None => break,
+            Some(other) => bail!("unknown command '{other}'"),
+        }
+        out.flush()?;
+    }
+    Ok(())
 }
 
 /// The repository root (holds `scripts/bench_ref.py`): from the build, else near the binary.

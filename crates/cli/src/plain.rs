@@ -88,7 +88,8 @@ pub fn output_names(m: &Model) -> Vec<String> {
 /// Runs the graph, checking every input's shape against the model first.
 pub fn run(m: &Model, inputs: &[(String, Tensor)]) -> Result<Vec<Tensor>> {
     let ts: Vec<Tensor> = inputs.iter().map(|(_, t)| t.clone()).collect();
-    Ok(shadownet_cpu::run_graph(&m.graph, &ts)?)
+    let mut plan = shadownet_cpu::Plan::compile(&m.graph)?;
+    Ok(plan.run(&ts)?)
 }
 
 /// One line per output: name, shape, and the top-5 entries for class vectors.

@@ -161,16 +161,6 @@ fn gpu_accelerator_needs_the_gpu_build() {
             "gpu",
         ],
         vec!["bench", p(&model), "--accelerator", "gpu"],
-        vec![
-            "attack",
-            p(&d),
-            "--key",
-            "k",
-            "--reference",
-            p(&model),
-            "--accelerator",
-            "gpu",
-        ],
     ] {
         let (ok, err) = run(&args);
         assert!(!ok, "{args:?}");

@@ -1,19 +1,29 @@
 //! The host's CPU kernels: the untrusted side's accelerator and its plain engine.
 //!
-//! Convolutions and matmuls run as packed SIMD GEMM (the `gemm` crate, AVX-512 by runtime
-//! dispatch) with threads sharing out tiles on one rayon pool; pooling and activations
-//! split their planes over the same pool. Every other op, and every op's semantics, comes
-//! from the portable `shadownet-kernels`, which is all the trusted core links: nothing in
-//! this crate may ever be a dependency of `shadownet-trusted`.
+//! Plain inference compiles a graph into a [`Plan`] once: weights packed for the
+//! blocked-layout (NCHWc) AVX-512 kernels of [`nchwc`], elementwise ops fused into the
+//! convolutions, one arena laid out by liveness, and a team of spinning threads for the
+//! whole run. [`PackedLayer`] is the same machinery for one linear layer (an accelerator
+//! backend's unit of work). Node-by-node evaluation ([`eval`], [`run_graph_observed`])
+//! keeps the packed SIMD GEMM of the `gemm` crate with rayon threads. Every op without a
+//! fast kernel, and every op's semantics, comes from the portable `shadownet-kernels`,
+//! which is all the trusted core links: nothing in this crate may ever be a dependency
+//! of `shadownet-trusted`.
 
 pub mod conv;
 pub mod gemm;
+mod layer;
+pub mod nchwc;
 mod par;
+pub mod plan;
 pub mod pool;
 pub mod qconv;
 pub mod ring;
+mod team;
 
+pub use layer::PackedLayer;
 pub use par::{sequential, threads};
+pub use plan::{Plan, StepTime};
 pub use shadownet_kernels::{elementwise, layout, norm, Error, Result};
 
 use shadownet_ir::{infer_shapes, Graph, Op, Tensor};
@@ -49,16 +59,15 @@ pub fn eval_unchecked(op: &Op, x: &[&Tensor], outs: &[Vec<usize>]) -> Result<Vec
 }
 
 /// Runs a whole graph on its inputs (in graph-input order) and returns its outputs.
+///
+/// Compiles a [`Plan`] for the one call: callers that run a graph repeatedly should
+/// compile once and call [`Plan::run`], which skips the weight packing.
 pub fn run_graph(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-    // From a pool worker, as secure inference runs its layers: each op starts on this
-    // thread at once instead of first waiting for a sleeping worker to wake.
-    if rayon::current_thread_index().is_none() && par::threads() > 1 {
-        return rayon::scope(|_| run_graph_observed(g, inputs, |_, _| {}));
-    }
-    run_graph_observed(g, inputs, |_, _| {})
+    Plan::compile(g)?.run(inputs)
 }
 
-/// Like [`run_graph`], calling `observe(node_index, outputs)` after each node, for tracing.
+/// Like [`run_graph`], calling `observe(node_index, outputs)` after each node, for tracing:
+/// node by node through [`eval_unchecked`] (no fusion, so every node's output exists).
 pub fn run_graph_observed(
     g: &Graph,
     inputs: &[Tensor],

@@ -42,7 +42,8 @@ pub enum Reply {
 pub struct MemoryStats {
     /// Heap bytes live now.
     pub live: u64,
-    /// The most heap bytes ever live at once.
+    /// The most heap bytes live at once since the previous `Stats` request (or the
+    /// process's start).
     pub peak: u64,
 }
 

@@ -329,71 +329,141 @@ mod tests {
         }
     }
 
-    /// restore(transform(W)) = W: the taps applied to the dequantised public bank give back
-    /// every real filter, for dense layers, convs and grouped convs.
+    /// restore(transform(W)) = W for one layer: the taps applied to the dequantised public
+    /// bank give back every real filter, each real filter only uses its own domain's public
+    /// rows, and honest accumulators stay within the bound.
+    fn check_restores(
+        shape: &[usize],
+        axis: usize,
+        domains: usize,
+        taps: usize,
+        p: &MixParams,
+        r: &mut Rng,
+    ) -> Result<(), String> {
+        let n: usize = shape.iter().product();
+        let w = Tensor {
+            shape: shape.to_vec(),
+            data: r.normals(n, 0.3),
+        };
+        let mixed = mix_layer(&w, axis, domains, taps, p, r);
+        let pubf = filters(
+            &Tensor {
+                shape: mixed.weight.shape.clone(),
+                data: mixed.weight.data.iter().map(|&v| v as f32).collect(),
+            },
+            axis,
+        );
+        let real = filters(&w, axis);
+        let nreal: usize = mixed.layer.groups.iter().map(|g| g.real.len()).sum();
+        if nreal != real.len() {
+            return Err(format!(
+                "{nreal} real filters restored, {} exist",
+                real.len()
+            ));
+        }
+        let mut seen = vec![false; real.len()];
+        for g in &mixed.layer.groups {
+            let h = g.public.len();
+            // (A group mixes at least two rows, whatever `group` says.)
+            if h > p.group.max(2) || g.coeffs.len() != g.real.len() * h {
+                return Err(format!(
+                    "group of {h} public rows (largest allowed {})",
+                    p.group
+                ));
+            }
+            for (ri, &i) in g.real.iter().enumerate() {
+                let i = i as usize;
+                if std::mem::replace(&mut seen[i], true) {
+                    return Err(format!("real filter {i} restored twice"));
+                }
+                let mut rec = vec![0f64; real[i].len()];
+                for (j, &q) in g.public.iter().enumerate() {
+                    let c = g.coeffs[ri * h + j] as f64;
+                    for (d, &v) in rec.iter_mut().zip(&pubf[q as usize]) {
+                        *d += c * v as f64;
+                    }
+                }
+                // Each public row is rounded to `weight_bits` (half a step, at most
+                // 2^-(bits-1) of the row's largest value, ≤ 1 for rows mixed from unit
+                // filters), and the filter is its norm times a unit combination of h rows.
+                let alpha = real[i]
+                    .iter()
+                    .map(|&v| v as f64 * v as f64)
+                    .sum::<f64>()
+                    .sqrt();
+                let tol =
+                    alpha * (h as f64).sqrt() * 2f64.powi(1 - p.weight_bits as i32) + 1e-6 * alpha;
+                for (a, &b) in rec.iter().zip(&real[i]) {
+                    // NaN fails this comparison too.
+                    if !((a - b as f64).abs() <= tol) {
+                        return Err(format!("{shape:?} filter {i}: {a} vs {b}"));
+                    }
+                }
+                // A grouped conv's filters only use their own group's public rows.
+                let per_dom = pubf.len() / domains;
+                let dom = i / (real.len() / domains);
+                if !g.public.iter().all(|&q| q as usize / per_dom == dom) {
+                    return Err(format!("filter {i} mixes rows of another conv group"));
+                }
+            }
+        }
+        if mixed.layer.bound >= 1 << 60 {
+            return Err(format!("bound {} not below 2^60", mixed.layer.bound));
+        }
+        let l1: u64 = pubf
+            .iter()
+            .map(|f| f.iter().map(|v| v.abs() as u64).sum())
+            .max()
+            .unwrap_or(0);
+        if l1 * ((1u64 << (mixed.layer.act_bits - 1)) - 1) > mixed.layer.bound {
+            return Err("an honest accumulator can exceed the bound".into());
+        }
+        Ok(())
+    }
+
     #[test]
     fn taps_restore_every_real_filter() {
         let mut r = rng();
+        let p = MixParams {
+            ratio: 1.25,
+            group: 4,
+            weight_bits: 20,
+        };
         for &(shape, axis, domains, taps) in &[
             (&[10usize, 24][..], 1usize, 1usize, 1usize),
             (&[13, 4, 3, 3][..], 0, 1, 9),
             (&[12, 2, 3, 3][..], 0, 3, 9),
             (&[5, 11, 2, 2][..], 1, 1, 4),
         ] {
-            let n: usize = shape.iter().product();
-            let w = Tensor {
-                shape: shape.to_vec(),
-                data: r.normals(n, 0.3),
+            check_restores(shape, axis, domains, taps, &p, &mut r).unwrap();
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(64))]
+        /// The same over random conv and dense shapes, group sizes, fake ratios, weight
+        /// widths and seeds.
+        #[test]
+        fn taps_restore_every_real_filter_of_random_layers(
+            seed in 0u64..1 << 40,
+            per_dom in 1usize..24,
+            domains in 1usize..4,
+            cin in 1usize..12,
+            k in 1usize..4,
+            dense in proptest::bool::ANY,
+            group in 1usize..17,
+            ratio in 1.0f32..2.0,
+            weight_bits in 12u32..25,
+        ) {
+            let mut r = Rng::new(rand_chacha::ChaCha20Rng::seed_from_u64(seed));
+            let p = MixParams { ratio, group, weight_bits };
+            let res = if dense {
+                // Dense weights are [K, N]: filters along axis 1, no conv groups.
+                check_restores(&[cin * k, per_dom], 1, 1, 1, &p, &mut r)
+            } else {
+                check_restores(&[per_dom * domains, cin, k, k], 0, domains, k * k, &p, &mut r)
             };
-            let p = MixParams {
-                ratio: 1.25,
-                group: 4,
-                weight_bits: 20,
-            };
-            let mixed = mix_layer(&w, axis, domains, taps, &p, &mut r);
-            let pubf = filters(
-                &Tensor {
-                    shape: mixed.weight.shape.clone(),
-                    data: mixed.weight.data.iter().map(|&v| v as f32).collect(),
-                },
-                axis,
-            );
-            let real = filters(&w, axis);
-            let nreal: usize = mixed.layer.groups.iter().map(|g| g.real.len()).sum();
-            assert_eq!(nreal, real.len());
-            for g in &mixed.layer.groups {
-                let h = g.public.len();
-                assert!(h <= 4 && g.coeffs.len() == g.real.len() * h);
-                for (ri, &i) in g.real.iter().enumerate() {
-                    let i = i as usize;
-                    let mut rec = vec![0f64; real[i].len()];
-                    for (j, &q) in g.public.iter().enumerate() {
-                        let c = g.coeffs[ri * h + j] as f64;
-                        for (d, &v) in rec.iter_mut().zip(&pubf[q as usize]) {
-                            *d += c * v as f64;
-                        }
-                    }
-                    let scale = real[i].iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
-                    for (a, &b) in rec.iter().zip(&real[i]) {
-                        assert!(
-                            (a - b as f64).abs() <= 1e-4 * scale,
-                            "{shape:?} filter {i}: {a} vs {b}"
-                        );
-                    }
-                    // A grouped conv's filters only use their own group's public rows.
-                    let per_dom = pubf.len() / domains;
-                    let dom = i / (real.len() / domains);
-                    assert!(g.public.iter().all(|&q| q as usize / per_dom == dom));
-                }
-            }
-            // Honest accumulators stay within the bound, which keeps below 2^60.
-            assert!(mixed.layer.bound < 1 << 60);
-            let l1: u64 = pubf
-                .iter()
-                .map(|f| f.iter().map(|v| v.abs() as u64).sum())
-                .max()
-                .unwrap();
-            assert!(l1 * ((1u64 << (mixed.layer.act_bits - 1)) - 1) <= mixed.layer.bound);
+            proptest::prop_assert!(res.is_ok(), "{}", res.unwrap_err());
         }
     }
 

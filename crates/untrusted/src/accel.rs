@@ -65,6 +65,9 @@ impl<A: Accelerator + ?Sized> Accelerator for Box<A> {
 #[derive(Default)]
 pub struct CpuAccelerator {
     layers: Vec<(PublicLayer, PublicWeight)>,
+    /// The f32 layers packed once at load for the plain engine's blocked kernels (None
+    /// where the packer refuses a layer: those run node by node on `shadownet_cpu::eval`).
+    packed: Vec<Option<shadownet_cpu::PackedLayer>>,
 }
 
 impl CpuAccelerator {
@@ -72,9 +75,12 @@ impl CpuAccelerator {
         Self::default()
     }
 
-    fn layer(&self, layer: u32, shape: &[usize]) -> Result<&(PublicLayer, PublicWeight)> {
-        let l = self
-            .layers
+    fn layer<'a>(
+        layers: &'a [(PublicLayer, PublicWeight)],
+        layer: u32,
+        shape: &[usize],
+    ) -> Result<&'a (PublicLayer, PublicWeight)> {
+        let l = layers
             .get(layer as usize)
             .ok_or_else(|| Error::Accel(format!("no layer {layer} loaded")))?;
         if shape != l.0.input_shape {
@@ -100,21 +106,41 @@ impl Accelerator for CpuAccelerator {
             .cloned()
             .zip(model.weights.iter().cloned())
             .collect();
+        self.packed = self
+            .layers
+            .iter()
+            .map(|(l, w)| match w {
+                PublicWeight::F32(w) => {
+                    shadownet_cpu::PackedLayer::new(&l.kind.op(), w, None, &l.input_shape).ok()
+                }
+                PublicWeight::I32(_) => None,
+            })
+            .collect();
         Ok(())
     }
 
     fn run(&mut self, layer: u32, input: &Tensor) -> Result<Tensor> {
-        let (l, w) = self.layer(layer, &input.shape)?;
+        let (l, w) = Self::layer(&self.layers, layer, &input.shape)?;
         let PublicWeight::F32(w) = w else {
             return Err(Error::Accel(format!("layer {layer} has integer weights")));
         };
-        let mut out = shadownet_cpu::eval("public layer", &l.kind.op(), &[input, w])
-            .map_err(|e| Error::Accel(e.to_string()))?;
-        Ok(out.remove(0))
+        let out = match self.packed.get_mut(layer as usize) {
+            Some(Some(p)) => p.run(input),
+            _ => shadownet_cpu::eval("public layer", &l.kind.op(), &[input, w])
+                .map(|mut o| o.remove(0)),
+        }
+        .map_err(|e| Error::Accel(e.to_string()))?;
+        if out.shape != l.output_shape {
+            return Err(Error::Accel(format!(
+                "layer {layer}: the kernel returned shape {:?}, expected {:?}",
+                out.shape, l.output_shape
+            )));
+        }
+        Ok(out)
     }
 
     fn run_ring(&mut self, layer: u32, input: &RingTensor) -> Result<RingTensor> {
-        let (l, w) = self.layer(layer, &input.shape)?;
+        let (l, w) = Self::layer(&self.layers, layer, &input.shape)?;
         let PublicWeight::I32(w) = w else {
             return Err(Error::Accel(format!("layer {layer} has f32 weights")));
         };

@@ -12,7 +12,8 @@ use crate::{Error, Result};
 
 pub trait Enclave: Send {
     fn call(&mut self, msg: HostToTee) -> Result<TeeToHost>;
-    /// The enclave's heap, where it can be measured (the enclave process).
+    /// The enclave's heap now and its peak since the previous call, where it can be
+    /// measured (the enclave process).
     fn memory(&mut self) -> Result<Option<MemoryStats>> {
         Ok(None)
     }

@@ -60,11 +60,13 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
+/// The heap now and its peak since the previous call, which starts a new peak window:
+/// the host asks once after opening (and precomputing) and once after inferring, so the
+/// second peak is inference alone.
 fn stats() -> MemoryStats {
-    MemoryStats {
-        live: LIVE.load(Ordering::Relaxed),
-        peak: PEAK.load(Ordering::Relaxed),
-    }
+    let live = LIVE.load(Ordering::Relaxed);
+    let peak = PEAK.swap(live, Ordering::Relaxed);
+    MemoryStats { live, peak }
 }
 
 fn main() -> ExitCode {
