@@ -53,8 +53,8 @@ for s in "${SCHEMES[@]}"; do
                 mask-reuse|rollback) extra=(--queries 32) ;;
                 unmix) extra=(--group-sizes 16 --methods pca,ica-logcosh-sym,sparse-l4) ;;
                 averaging)
-                    if [[ "$s" == shadownet ]]; then extra=(--runs 4 --inputs 8 --queries 32)
-                    else extra=(--runs "$T" --inputs 2 --queries 32); fi ;;
+                    if [[ "$s" == shadownet ]]; then extra=(--runs 4 --inputs 2 --queries 32 --max-features 128)
+                    else extra=(--runs "$T" --inputs 2 --queries 32 --max-features 128); fi ;;
                 liar) extra=(--runs 20) ;;
                 forge) extra=(--device-pub "$WORK/dev/device.pub") ;;
             esac

@@ -28,19 +28,31 @@ use super::bank::{self, Judged, Totals};
 use super::fake_partner::protection;
 use super::{op_name, PublicPackage};
 
-/// A model of the same architecture as `g` with every outsourced layer's weight and bias
-/// replaced by the attacker's own N(0, 1) values: what an attacker who knows the
-/// architecture (not the weights) converts.
+/// A model of the same architecture as `g` with every outsourced layer's weight replaced
+/// by the attacker's own He-scaled Gaussian values (fan-in from the shape) and its bias by
+/// zeros: what an attacker who knows the architecture (not the weights) converts. The
+/// scale keeps a deep dummy's activations finite, which the paper scheme's calibration
+/// needs.
 pub fn dummy_of(g: &Graph, seed: u64) -> Graph {
     let mut d = g.clone();
     let mut rng = Rng::new(seed ^ 0xd0d0);
     for n in &g.nodes {
-        if shadownet_protect::outsourced_kind(g, n).is_none() {
+        let Some(kind) = shadownet_protect::outsourced_kind(g, n) else {
             continue;
-        }
-        for &v in n.inputs.iter().skip(1) {
+        };
+        for (i, &v) in n.inputs.iter().enumerate().skip(1) {
             if let Some(t) = &g.values[v].data {
-                let data = rng.normals(t.len()).into_iter().map(|x| x as f32).collect();
+                let filters = t.shape.get(kind.filter_axis()).copied().unwrap_or(1).max(1);
+                let std = if i == 1 {
+                    (2.0 / (t.len() / filters).max(1) as f64).sqrt()
+                } else {
+                    0.0
+                };
+                let data = rng
+                    .normals(t.len())
+                    .into_iter()
+                    .map(|x| (x * std) as f32)
+                    .collect();
                 d.values[v].data = Some(Tensor {
                     shape: t.shape.clone(),
                     data,
@@ -307,15 +319,23 @@ pub fn attack(
             / victim.len().max(1) as f64;
         best = best.max(m);
         if m > MATCH {
-            // A second pass with the re-protection's own restoration: its row scales are
-            // those of filters like the victim's (hardened rows are quantised one by one).
-            rec = again
-                .secret
-                .layers
-                .iter()
-                .zip(&victim)
-                .map(|(sl, p)| restore_bank(&sl.restore, p))
-                .collect();
+            // Refine with the re-protection's own restoration: its row scales are those
+            // of filters like the victim's (hardened rows are quantised one by one, after
+            // mixing), so each pass brings them closer.
+            let mut again = again;
+            for pass in 0..3 {
+                rec = again
+                    .secret
+                    .layers
+                    .iter()
+                    .zip(&victim)
+                    .map(|(sl, p)| restore_bank(&sl.restore, p))
+                    .collect();
+                if pass < 2 {
+                    again =
+                        convert_with(&with_filters(dummy, nodes, &rec), public.scheme, ratio, s)?;
+                }
+            }
             return Ok(Found {
                 search: SeedSearch {
                     found: Some(s),
