@@ -72,10 +72,10 @@ def rows(kind, cells, extra_head, extra_sep):
             if r is None and err is None:
                 continue
             if r is None:
-                lines.append(f"| {m} | {s} | failed: {err} |" + " — |" * (3 + extra_head.count("|")) + f" {secs or 0:.0f} s |")
+                lines.append(f"| {m} | {s} | failed: {err} |" + " — |" * (3 + extra_head.count("|")) + f" {secs or 0:.1f} s |")
                 continue
             f, x = cells(r)
-            lines.append(f"| {m} | {s} | {f} |{x} {secs or 0:.0f} s |")
+            lines.append(f"| {m} | {s} | {f} |{x} {secs or 0:.1f} s |")
     return "\n".join(lines)
 
 
@@ -123,7 +123,7 @@ def simple_table(kind, head, sep, cells):
             r, secs, err = load(s, m, kind)
             if r is None and err is None:
                 continue
-            lines.append(f"| {m} | {s} | " + (cells(r) if r else f"failed: {err} |") + f" {secs or 0:.0f} s |")
+            lines.append(f"| {m} | {s} | " + (cells(r) if r else f"failed: {err} |") + f" {secs or 0:.1f} s |")
     return "\n".join(lines)
 
 
