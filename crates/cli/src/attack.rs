@@ -39,6 +39,9 @@ pub const REL_ERR_RECOVERED: f32 = 0.05;
 /// ... or, in the correlation view, at Pearson correlation at least this (the recovered
 /// activation explains ≥ 90% of the real one's variance).
 pub const CORR_RECOVERED: f32 = 0.95;
+/// A correlation over fewer values says nothing (over two it is always ±1): smaller
+/// activations count as recovered only by their relative error.
+pub const MIN_CORR_ELEMENTS: usize = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttackKind {
@@ -488,6 +491,8 @@ pub struct ActivationLayer {
     pub anchored: f32,
     /// Channel groups matched by correlation before scoring (group-shuffled layers).
     pub channel_matched: bool,
+    /// Values in the activation.
+    pub elements: usize,
     pub rel_err: f32,
     pub corr: f32,
 }
@@ -651,6 +656,7 @@ pub fn mask_reuse_scored(
             unmasked: out.unmasked[k],
             anchored: out.anchored[k],
             channel_matched: matched,
+            elements: real.data.len(),
             rel_err: rel_err(&rec.data, &real.data),
             corr: if sorted {
                 sorted_corr(&rec.data, &real.data)
@@ -669,7 +675,16 @@ pub fn mask_reuse_scored(
             .iter()
             .filter(|l| l.rel_err < REL_ERR_RECOVERED)
             .count(),
-        recovered_corr: masked.iter().filter(|l| l.corr >= CORR_RECOVERED).count(),
+        recovered_corr: masked
+            .iter()
+            .filter(|l| {
+                if l.elements >= MIN_CORR_ELEMENTS {
+                    l.corr >= CORR_RECOVERED
+                } else {
+                    l.rel_err < REL_ERR_RECOVERED
+                }
+            })
+            .count(),
         median_rel_err: errs.get(errs.len() / 2).copied().unwrap_or(0.0),
         layers,
     })

@@ -31,7 +31,7 @@ use super::PublicPackage;
 use super::bank::{self, Judged, Totals};
 use super::fake_partner::protection;
 use super::mask_reuse::{self, Oracle};
-use super::{match_groups, op_name, Rng, CORR_RECOVERED};
+use super::{match_groups, op_name, Rng, CORR_RECOVERED, MIN_CORR_ELEMENTS};
 
 /// A layer whose averaged input correlates with the attacker's own input above this is
 /// taken to be fed by the model input. One observation under a mask twice the input's
@@ -67,6 +67,9 @@ pub struct AvgLayer {
     /// Mean over the chosen inputs of the correlation of the recovered input with the
     /// real one.
     pub corr: f64,
+    /// Values in the activation (below [`MIN_CORR_ELEMENTS`] the correlation does not
+    /// count as a recovery).
+    pub elements: usize,
     /// Layers whose inputs the regression targeted.
     pub targets: Vec<usize>,
     pub features: usize,
@@ -486,6 +489,7 @@ pub fn run(
             cs.push(pearson(&a, &b));
         }
         let corr = cs.iter().sum::<f64>() / cs.len().max(1) as f64;
+        let elements = real_acts.first().map_or(0, |r| r[k].data.len());
         let real = bank::real_bank(g, n, &l.kind, k)?;
         let (pb, _) = bank::public_bank(l);
         bank::check_dims(&real, &pb, k)?;
@@ -508,6 +512,7 @@ pub fn run(
             model_input: model_input[k],
             fixed_mask: fixed[k] && !model_input[k],
             corr,
+            elements,
             targets: targets.clone(),
             features: *features,
             median_r2: r2.get(r2.len() / 2).copied().unwrap_or(0.0),
@@ -522,7 +527,7 @@ pub fn run(
     corrs.sort_by(|a, b| a.total_cmp(b));
     let recovered_corr = masked
         .iter()
-        .filter(|l| l.corr >= CORR_RECOVERED as f64)
+        .filter(|l| l.elements >= MIN_CORR_ELEMENTS && l.corr >= CORR_RECOVERED as f64)
         .count();
     Ok(AveragingReport {
         runs: cfg.runs,
