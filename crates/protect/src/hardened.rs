@@ -394,8 +394,8 @@ mod tests {
                 let tol =
                     alpha * (h as f64).sqrt() * 2f64.powi(1 - p.weight_bits as i32) + 1e-6 * alpha;
                 for (a, &b) in rec.iter().zip(&real[i]) {
-                    // NaN fails this comparison too.
-                    if !((a - b as f64).abs() <= tol) {
+                    let err = (a - b as f64).abs();
+                    if err > tol || err.is_nan() {
                         return Err(format!("{shape:?} filter {i}: {a} vs {b}"));
                     }
                 }

@@ -1113,8 +1113,9 @@ impl TrustedCore {
             }
             _ => return Err(TeeError::BadResult { layer }),
         };
+        // (A forwarded y is already the next layer's masked input: not a value to show.)
         #[cfg(feature = "debug-trace")]
-        if let Some(f) = self.observer.as_mut() {
+        if let (Some(f), None) = (self.observer.as_mut(), info.forward) {
             if info.act.is_some() {
                 f(info.node, Some(layer), &[]);
             }
