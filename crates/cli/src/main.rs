@@ -101,7 +101,10 @@ enum Cmd {
         #[arg(long, default_value_t = 16)]
         group: usize,
         /// Layers to run whole inside the TEE, by node name (comma-separated or repeated);
-        /// `none` keeps none, not even the scheme's default (hardened: depthwise convs).
+        /// `none` keeps none, not even the scheme's default (hardened: depthwise convs);
+        /// `auto` audits the conversion with the static attacks (`attack --kind unmix`,
+        /// scored against the real weights) and keeps every layer where one beats the
+        /// floor, converting again until none does (PKG/audit.json says why).
         #[arg(long = "keep-in-tee", value_delimiter = ',')]
         keep_in_tee: Vec<String>,
         /// Seed the transform's randomness, for reproducible tests. INSECURE: whoever knows
@@ -238,8 +241,10 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             let device_pub = keys::read_device_public(&to)?;
             let vendor = keys::read_vendor_secret(&sign_with)?;
             let m = load(&model, &parse_shapes(&input_shapes)?)?;
+            let auto = matches!(keep_in_tee.as_slice(), [one] if one == "auto");
             let keep = match keep_in_tee.as_slice() {
                 [] => shadownet_protect::Keep::Default,
+                [one] if one == "auto" => shadownet_protect::Keep::Default,
                 [one] if one == "none" => shadownet_protect::Keep::None,
                 names => shadownet_protect::Keep::Names(names.to_vec()),
             };
@@ -258,8 +263,27 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 eprintln!("warning: --insecure-reproducible-seed: anyone who knows the seed can redo this package's transform; never ship it");
             }
             let t0 = Instant::now();
-            let c = secure::convert(&m.graph, &opts, true)?;
-            secure::write(&c, &device_pub, &vendor, &output)?;
+            let c = if auto {
+                let (c, audit) =
+                    shadownet::audit::convert_auto(&m.graph, &opts, &device_pub, &vendor, &output)?;
+                println!(
+                    "audit: {} outsourced layers at the floor of {} after {} conversion(s) (written to {})",
+                    audit.outsourced.len(),
+                    audit.methods.join(", "),
+                    audit.rounds,
+                    output.join(shadownet::audit::AUDIT_FILE).display()
+                );
+                c
+            } else {
+                let c = secure::convert(&m.graph, &opts, true)?;
+                secure::write(&c, &device_pub, &vendor, &output)?;
+                // A report of an earlier `auto` conversion no longer describes this one.
+                let stale = output.join(shadownet::audit::AUDIT_FILE);
+                if stale.exists() {
+                    std::fs::remove_file(&stale)?;
+                }
+                c
+            };
             println!(
                 "wrote package {} ({} outsourced layers, {} kept in the TEE, scheme {}) in {:.1} s",
                 output.display(),
@@ -585,6 +609,34 @@ fn cmd_inspect_package(pkg: &Path, key: Option<&Path>) -> Result<()> {
             l.input_shape,
             l.output_shape
         );
+    }
+    match shadownet::audit::read(pkg)? {
+        Some(a) => {
+            println!(
+                "vendor's audit (audit.json, unsigned): {} rounds of {} (groups of {:?}); kept in the TEE:",
+                a.rounds,
+                a.methods.join(", "),
+                a.group_sizes
+            );
+            for (name, why) in &a.kept {
+                println!("  {name}: {why}");
+            }
+            let worst = a.outsourced.iter().max_by(|x, y| {
+                (x.recovered, x.mean_cos - x.floor_mean_cos)
+                    .partial_cmp(&(y.recovered, y.mean_cos - y.floor_mean_cos))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+            if let Some(w) = worst {
+                println!(
+                    "  outsourced layers: all {} at the floor; most recovered: {} {:.1}% (floor {:.1}%)",
+                    a.outsourced.len(),
+                    w.node,
+                    100.0 * w.recovered,
+                    100.0 * w.floor_recovered
+                );
+            }
+        }
+        None => println!("kept layers: not recorded (converted without --keep-in-tee auto)"),
     }
     match key {
         Some(k) => {
