@@ -47,6 +47,12 @@ pub struct BenchArgs {
     /// Seed of the N(0,1) input and of the conversion.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Conversion: public output channels per real channel.
+    #[arg(long, default_value_t = 1.2)]
+    pub ratio: f32,
+    /// Conversion (hardened): largest group of filters mixed together.
+    #[arg(long, default_value_t = 16)]
+    pub group: usize,
     /// Schemes to time (default: all).
     #[arg(long, value_delimiter = ',')]
     pub schemes: Vec<String>,
@@ -276,6 +282,8 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         let opts = shadownet_protect::Options {
             scheme,
             insecure_seed: Some(args.seed),
+            ratio: args.ratio,
+            group: args.group,
             ..Default::default()
         };
         eprintln!(
