@@ -6,7 +6,7 @@
 # docs/security.md (scripts/security.sh keeps it) and docs/knob.png.
 #
 # Usage: scripts/knob.sh [OUT]    (default: target/knob; about 10 minutes on 2 cores)
-# Environment: MODELS (default: ppocr_cls hand_landmark_lite), GROUPS (2 4 8 16 32),
+# Environment: MODELS (default: ppocr_cls hand_landmark_lite), KNOB_GROUPS (2 4 8 16 32),
 #   RATIOS (1.1 1.2 1.5, at group 16), RUNS (bench runs, 10).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,7 +14,7 @@ cd "$REPO"
 FIX="${SHADOWNET_FIXTURES:-$REPO/target/fixtures}"
 OUT="${1:-$REPO/target/knob}"
 MODELS=(${MODELS:-ppocr_cls hand_landmark_lite})
-GROUPS_=(${GROUPS:-2 4 8 16 32})
+GROUPS_=(${KNOB_GROUPS:-2 4 8 16 32})
 RATIOS=(${RATIOS:-1.1 1.2 1.5})
 RUNS="${RUNS:-10}"
 PY="${SHADOWNET_PYTHON:-$REPO/.venv/bin/python}"
