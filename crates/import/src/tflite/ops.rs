@@ -285,12 +285,17 @@ impl Importer<'_, '_> {
         Ok((stride, pads))
     }
 
-    fn conv(&mut self, op: &OperatorDef, depthwise: bool) -> Result<()> {
-        let o = Opts(op.options);
-        let x = self.nchw(self.input(op, 0)?)?;
-        let xs = self.g.shape(x).to_vec();
-        let wt = self.input(op, 1)?;
-        let w = self.konst(wt)?;
+    /// A Conv2D or DepthwiseConv2D's attributes from its options and filter `w` (OHWI, or
+    /// [1, kh, kw, C*m] for depthwise) over an NCHW input of shape `xs`: the conv, the
+    /// filter in OIHW order, and the index of the fused-activation option. The float and
+    /// the integer conv share it.
+    pub(crate) fn conv_layout(
+        &self,
+        o: &Opts,
+        xs: &[usize],
+        w: &Konst,
+        depthwise: bool,
+    ) -> Result<(Conv, Vec<usize>, Vec<f32>, usize)> {
         if w.shape.len() != 4 {
             return Err(self.invalid(format!("filter of shape {:?}", w.shape)));
         }
@@ -303,7 +308,7 @@ impl Importer<'_, '_> {
             o.i32(dh_id, 1)?.max(1) as usize,
             o.i32(dw_id, 1)?.max(1) as usize,
         ];
-        let (stride, pads) = self.window(&o, &xs, [kh, kw], dilation)?;
+        let (stride, pads) = self.window(o, xs, [kh, kw], dilation)?;
         let c = xs[1];
         let (wshape, wdata, groups) = if depthwise {
             // [1, kh, kw, C*m] -> [C*m, 1, kh, kw]
@@ -322,12 +327,6 @@ impl Importer<'_, '_> {
             let (s, d) = permute(&w.shape, &w.data, &[0, 3, 1, 2]);
             (s, d, c / i)
         };
-        let name = format!("{}/oihw", self.tensor(wt)?.name);
-        let mut inputs = vec![x, self.add_tensor(name, wshape, wdata)?];
-        if let Some(b) = self.opt_input(op, 2) {
-            inputs.push(self.plain(b)?);
-        }
-        let act = self.fused(o.i8(act_id, 0)?)?;
         let conv = Conv {
             kernel: [kh, kw],
             stride,
@@ -335,6 +334,22 @@ impl Importer<'_, '_> {
             pads,
             groups,
         };
+        Ok((conv, wshape, wdata, act_id))
+    }
+
+    fn conv(&mut self, op: &OperatorDef, depthwise: bool) -> Result<()> {
+        let o = Opts(op.options);
+        let x = self.nchw(self.input(op, 0)?)?;
+        let xs = self.g.shape(x).to_vec();
+        let wt = self.input(op, 1)?;
+        let w = self.konst(wt)?;
+        let (conv, wshape, wdata, act_id) = self.conv_layout(&o, &xs, &w, depthwise)?;
+        let name = format!("{}/oihw", self.tensor(wt)?.name);
+        let mut inputs = vec![x, self.add_tensor(name, wshape, wdata)?];
+        if let Some(b) = self.opt_input(op, 2) {
+            inputs.push(self.plain(b)?);
+        }
+        let act = self.fused(o.i8(act_id, 0)?)?;
         self.emit(Op::Conv(conv), inputs, self.output(op)?, true, act)?;
         Ok(())
     }

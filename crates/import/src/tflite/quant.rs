@@ -4,9 +4,7 @@
 //! (reshape, concatenation, max pooling, nearest resize) run as the plain IR op on the
 //! integer values, which LiteRT allows only when input and output share one quantization;
 //! that is checked, never assumed.
-use shadownet_ir::{
-    Activation, BinaryOp, Conv, Op, Pool, QBinary, QFlavor, QLinear, QOutput, QParam,
-};
+use shadownet_ir::{Activation, BinaryOp, Op, Pool, QBinary, QFlavor, QLinear, QOutput, QParam};
 
 use super::ops::{code, Opts};
 use super::reader::{ttype, OperatorDef};
@@ -153,33 +151,7 @@ impl Importer<'_, '_> {
         // Filters: conv [O, kh, kw, I] per-channel on 0; depthwise [1, kh, kw, O] on 3.
         let wt = self.input(op, 1)?;
         let (w, wscale, wzero) = self.weights(wt, if depthwise { 3 } else { 0 })?;
-        if w.shape.len() != 4 {
-            return Err(self.invalid(format!("filter of shape {:?}", w.shape)));
-        }
-        let (kh, kw) = (w.shape[1], w.shape[2]);
-        let (act_id, dw_id, dh_id) = if depthwise { (4, 5, 6) } else { (3, 4, 5) };
-        let dilation = [
-            o.i32(dh_id, 1)?.max(1) as usize,
-            o.i32(dw_id, 1)?.max(1) as usize,
-        ];
-        let (stride, pads) = self.window(&o, &xs, [kh, kw], dilation)?;
-        let c = xs[1];
-        let (wshape, wdata, groups) = if depthwise {
-            let (s, d) = permute(&w.shape, &w.data, &[3, 0, 1, 2]);
-            if c == 0 || s[0] % c != 0 {
-                return Err(
-                    self.invalid(format!("depthwise filter {:?} for {c} channels", w.shape))
-                );
-            }
-            (s, d, c)
-        } else {
-            let i = w.shape[3];
-            if i == 0 || !c.is_multiple_of(i) {
-                return Err(self.invalid(format!("filter {:?} for {c} input channels", w.shape)));
-            }
-            let (s, d) = permute(&w.shape, &w.data, &[0, 3, 1, 2]);
-            (s, d, c / i)
-        };
+        let (conv, wshape, wdata, act_id) = self.conv_layout(&o, &xs, &w, depthwise)?;
         let bias = self.bias(op, 2, wshape[0])?;
         let (min, max) = self.act_range(o.i8(act_id, 0)?, yq, range)?;
         let q = QLinear {
@@ -195,13 +167,6 @@ impl Importer<'_, '_> {
         let wid = self
             .g
             .add_const(name, shadownet_ir::Tensor::new(wshape, wdata)?);
-        let conv = Conv {
-            kernel: [kh, kw],
-            stride,
-            dilation,
-            pads,
-            groups,
-        };
         self.emit(Op::QConv { conv, q }, vec![x, wid], out, true, None)?;
         Ok(())
     }
