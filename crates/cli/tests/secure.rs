@@ -497,6 +497,40 @@ fn tampered_chunks_are_refused() {
     }
 }
 
+#[test]
+fn chunks_within_the_budget_are_opened_once_the_rest_on_every_inference() {
+    let (g, xs) = case("minivgg");
+    let dir = tmpdir("keep-open");
+    let (dev, pkg, _) = package(&dir, &g, &opts(Scheme::ShadowNet));
+    let f = files(&pkg);
+    let record = std::fs::read(&dev.device_key).unwrap();
+    let model = |platform: MemoryPlatform| {
+        SecureModel::from_parts(
+            f.public.clone(),
+            f.sealed.clone(),
+            f.signature.clone(),
+            f.chunks.clone(),
+            Box::new(InProcEnclave::new(&record, Box::new(platform)).unwrap()),
+            Box::new(CpuAccelerator::new()),
+        )
+        .unwrap()
+    };
+    // The default 16 MiB holds all of MiniVGG's fixed masks and corrections: the second
+    // inference asks for no chunk and computes the same.
+    let mut roomy = model(MemoryPlatform::default());
+    let first = roomy.infer(xs.clone()).unwrap();
+    let streamed = roomy.last.chunk_bytes;
+    assert!(streamed > 0);
+    assert_eq!(roomy.infer(xs.clone()).unwrap(), first);
+    assert_eq!(roomy.last.chunk_bytes, 0);
+    // With no room every inference opens every chunk again.
+    let mut tight = model(MemoryPlatform::with_budget(0));
+    for _ in 0..2 {
+        assert_eq!(tight.infer(xs.clone()).unwrap(), first);
+        assert_eq!(tight.last.chunk_bytes, streamed);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The one-time mask pool and its counters.
 

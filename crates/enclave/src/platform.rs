@@ -193,9 +193,26 @@ impl Platform for FilePlatform {
 #[derive(Default)]
 pub struct MemoryPlatform {
     counters: State,
+    /// Overrides the trusted memory budget (tests of what the core keeps open).
+    budget: Option<usize>,
+}
+
+impl MemoryPlatform {
+    /// A platform that gives the core `bytes` of trusted memory.
+    pub fn with_budget(bytes: usize) -> Self {
+        MemoryPlatform {
+            budget: Some(bytes),
+            ..Default::default()
+        }
+    }
 }
 
 impl Platform for MemoryPlatform {
+    fn memory_budget(&self) -> usize {
+        self.budget
+            .unwrap_or(shadownet_trusted::platform::DEFAULT_MEMORY_BUDGET)
+    }
+
     fn random(&mut self, buf: &mut [u8]) -> Result<(), PlatformError> {
         use rand_core::RngCore;
         rand_core::OsRng

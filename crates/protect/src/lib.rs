@@ -451,7 +451,8 @@ fn protect_paper(
         let through = shadownet_cpu::eval("mask", &kind.op(), &[&mask_t, &weight])?;
         let mut corr = shadownet_trusted::paper::restore_fused(
             &transform,
-            &through[0],
+            &through[0].data,
+            &through[0].shape,
             &out_shape,
             axis,
             None,

@@ -253,6 +253,12 @@ struct Session {
     /// Hardened: the consumed and issued counters' names and the epoch.
     counters: Option<Counters>,
     resident: u64,
+    /// Per chunk of `secret.chunks`: kept open across inferences once opened. Chunks are
+    /// the same on every inference (fixed masks, corrections, kept layers' weights), so
+    /// the ones that fit the platform's memory budget are opened once, not streamed again.
+    keep_open: Vec<bool>,
+    /// The opened chunks kept (chunk index → plaintext).
+    opened: BTreeMap<u32, Zeroizing<Vec<u8>>>,
 }
 
 /// The one-time material of a hardened inference.
@@ -416,9 +422,9 @@ impl TrustedCore {
                 let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
                 self.linear_done(s, run, layer, pending, got, output.as_ref(), &refs)
             }
-            (State::Chunks(s, mut run, ids), HostToTee::Chunks { chunks }) => {
+            (State::Chunks(mut s, mut run, ids), HostToTee::Chunks { chunks }) => {
                 let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
-                match store_chunks(&s, &mut run, &ids, &refs) {
+                match store_chunks(&mut s, &mut run, &ids, &refs) {
                     Ok(_) => self.advance(s, run),
                     Err(e) => Err(e),
                 }
@@ -718,6 +724,14 @@ impl TrustedCore {
             Scheme::Hardened => Some(self.counters(&pkg_key)?),
         };
         let resident = resident_bytes(&model) as u64;
+        let keep_open = keep_open(
+            &model,
+            &header,
+            &info,
+            &prefetch_begin,
+            self.platform.memory_budget(),
+            resident as usize,
+        );
         Ok(Session {
             header,
             model,
@@ -729,6 +743,8 @@ impl TrustedCore {
             pkg_key,
             counters,
             resident,
+            keep_open,
+            opened: BTreeMap::new(),
         })
     }
 
@@ -859,8 +875,8 @@ impl TrustedCore {
             chunks: BTreeMap::new(),
             forwarded: None,
         });
-        if !s.prefetch_begin.is_empty() {
-            let ids = s.prefetch_begin.clone();
+        let ids = still_sealed(&s, &s.prefetch_begin);
+        if !ids.is_empty() {
             self.state = State::Chunks(s, run, ids.clone());
             return Ok(TeeToHost::NeedChunks { ids });
         }
@@ -875,7 +891,7 @@ impl TrustedCore {
             let node = &g.nodes[k];
             if let Some(layer) = s.layer_of[k] {
                 let (input, pending) = prepare(&s, &mut run, layer)?;
-                let prefetch = s.info[layer as usize].prefetch.clone();
+                let prefetch = still_sealed(&s, &s.info[layer as usize].prefetch);
                 self.state = State::Linear(s, run, layer, pending);
                 return Ok(TeeToHost::RunLinear {
                     layer,
@@ -886,13 +902,10 @@ impl TrustedCore {
             let outs = {
                 let kept = match s.kept_of[k] {
                     Some(i) => {
-                        let chunk = s.model.kept[i as usize].chunk;
-                        let bytes = run
-                            .chunks
-                            .remove(&ChunkId::Secret(chunk))
-                            .ok_or(TeeError::BadChunk)?;
-                        let ts: Vec<Tensor> =
-                            postcard::from_bytes(&bytes).map_err(|_| TeeError::CorruptSecret)?;
+                        let id = ChunkId::Secret(s.model.kept[i as usize].chunk);
+                        let ts: Vec<Tensor> = postcard::from_bytes(chunk(&s, &run, id)?)
+                            .map_err(|_| TeeError::CorruptSecret)?;
+                        run.chunks.remove(&id);
                         if ts.len() + 1 != node.inputs.len() {
                             return Err(TeeError::CorruptSecret);
                         }
@@ -942,7 +955,7 @@ impl TrustedCore {
     #[allow(clippy::too_many_arguments)]
     fn linear_done(
         &mut self,
-        s: Box<Session>,
+        mut s: Box<Session>,
         mut run: Box<Run>,
         want: u32,
         pending: Pending,
@@ -954,11 +967,11 @@ impl TrustedCore {
             return Err(TeeError::WrongLayer { layer });
         }
         let k = layer as usize;
-        let info = &s.info[k];
-        let ids = info.prefetch.clone();
+        let ids = still_sealed(&s, &s.info[k].prefetch);
         // The pool entry's corrections stay where the host put them (read once, in the
         // restoring pass); everything else is opened into the core's memory.
-        let body = store_chunks(&s, &mut run, &ids, chunks)?;
+        let body = store_chunks(&mut s, &mut run, &ids, chunks)?;
+        let info = &s.info[k];
         let pl = &s.header.layers[k];
         let sl = &s.model.layers[k];
         let g = &s.model.graph;
@@ -974,16 +987,12 @@ impl TrustedCore {
                 {
                     return Err(TeeError::BadResult { layer });
                 }
-                let y = Tensor {
-                    shape,
-                    data: floats(bytes).map_err(|_| TeeError::BadResult { layer })?,
-                };
+                let y = words::<f32>(bytes).map_err(|_| TeeError::BadResult { layer })?;
                 let correction = match fixed {
-                    Some(f) => Some(floats(
-                        &run.chunks
-                            .remove(&ChunkId::Secret(f.correction))
-                            .ok_or(TeeError::BadChunk)?,
-                    )?),
+                    Some(f) => Some(
+                        words::<f32>(chunk(&s, &run, ChunkId::Secret(f.correction))?)
+                            .map_err(|_| TeeError::CorruptSecret)?,
+                    ),
                     None => None,
                 };
                 if correction
@@ -992,16 +1001,19 @@ impl TrustedCore {
                 {
                     return Err(TeeError::CorruptSecret);
                 }
-                let axis = pl.kind.channel_axis(y.shape.len());
-                let next_mask = match info.forward {
-                    Some(next) => match &s.model.layers[next as usize].restore {
-                        LayerRestore::Paper { fixed: Some(f), .. } => Some(halves(
-                            &run.chunks
-                                .remove(&ChunkId::Secret(f.mask))
-                                .ok_or(TeeError::BadChunk)?,
-                        )?),
-                        _ => None,
-                    },
+                let axis = pl.kind.channel_axis(shape.len());
+                let next_mask_id =
+                    info.forward
+                        .and_then(|next| match &s.model.layers[next as usize].restore {
+                            LayerRestore::Paper { fixed: Some(f), .. } => {
+                                Some(ChunkId::Secret(f.mask))
+                            }
+                            _ => None,
+                        });
+                let next_mask = match next_mask_id {
+                    Some(id) => Some(
+                        words::<u16>(chunk(&s, &run, id)?).map_err(|_| TeeError::CorruptSecret)?,
+                    ),
                     None => None,
                 };
                 let forward = info.forward.map(|next| paper::Forward {
@@ -1015,9 +1027,10 @@ impl TrustedCore {
                         return Err(TeeError::CorruptSecret);
                     }
                 }
-                paper::restore_fused(
+                let restored = paper::restore_fused(
                     transform,
                     &y,
+                    &shape,
                     &info.real_shape_pre_act(g, sl.node),
                     axis,
                     correction.as_deref(),
@@ -1033,7 +1046,17 @@ impl TrustedCore {
                     t.shape = info.real_shape.clone();
                     t
                 })
-                .map_err(|_| TeeError::NonFinite { layer })?
+                .map_err(|_| TeeError::NonFinite { layer });
+                // Streamed chunks are zeroised now; kept-open ones stay for the next run.
+                drop((correction, next_mask));
+                for id in fixed
+                    .map(|f| ChunkId::Secret(f.correction))
+                    .iter()
+                    .chain(&next_mask_id)
+                {
+                    run.chunks.remove(id);
+                }
+                restored?
             }
             (
                 LayerRestore::Exact(e),
@@ -1291,20 +1314,6 @@ fn prepare(s: &Session, run: &mut Run, layer: u32) -> Result<(Payload, Pending),
                 }
                 return Ok((Payload::F32(t), Pending::Paper));
             }
-            let mask = match fixed {
-                Some(f) => Some(halves(
-                    &run.chunks
-                        .remove(&ChunkId::Secret(f.mask))
-                        .ok_or(TeeError::BadChunk)?,
-                )?),
-                None => None,
-            };
-            if mask
-                .as_ref()
-                .is_some_and(|m| Some(m.len()) != format::checked_numel(&pl.input_shape))
-            {
-                return Err(TeeError::CorruptSecret);
-            }
             // An input nothing after this layer reads is masked where it lies.
             let x = if s.last_use[xid] == s.info[k].node
                 && g.values[xid].data.is_none()
@@ -1314,10 +1323,25 @@ fn prepare(s: &Session, run: &mut Run, layer: u32) -> Result<(Payload, Pending),
             } else {
                 fetch(g, &run.vals, xid)?.clone()
             };
-            Ok((
-                Payload::F32(paper::prepare_input(transform, mask.as_deref(), x)),
-                Pending::Paper,
-            ))
+            let mask = match fixed {
+                Some(f) => Some(
+                    words::<u16>(chunk(s, run, ChunkId::Secret(f.mask))?)
+                        .map_err(|_| TeeError::CorruptSecret)?,
+                ),
+                None => None,
+            };
+            if mask
+                .as_ref()
+                .is_some_and(|m| Some(m.len()) != format::checked_numel(&pl.input_shape))
+            {
+                return Err(TeeError::CorruptSecret);
+            }
+            let input = paper::prepare_input(transform, mask.as_deref(), x);
+            drop(mask);
+            if let Some(f) = fixed {
+                run.chunks.remove(&ChunkId::Secret(f.mask));
+            }
+            Ok((Payload::F32(input), Pending::Paper))
         }
         LayerRestore::Exact(e) => {
             let geo = s.info[k].geo.ok_or(TeeError::CorruptSecret)?;
@@ -1366,7 +1390,7 @@ static EMPTY_TRANSFORM: format::PaperTransform = format::PaperTransform::FakePai
 /// Opens and files the chunks the host sent for `ids` (same order), except a pool entry's
 /// body, which is returned as it lies (its words are read once, by the restoring pass).
 fn store_chunks<'a>(
-    s: &Session,
+    s: &mut Session,
     run: &mut Run,
     ids: &[ChunkId],
     chunks: &[&'a [u8]],
@@ -1406,9 +1430,136 @@ fn store_chunks<'a>(
                 continue;
             }
         };
-        run.chunks.insert(id, opened);
+        match id {
+            ChunkId::Secret(i) if s.keep_open.get(i as usize) == Some(&true) => {
+                s.opened.insert(i, opened);
+            }
+            _ => {
+                run.chunks.insert(id, opened);
+            }
+        }
     }
     Ok(body)
+}
+
+/// The chunks of `ids` the core does not hold open: what the host must send.
+fn still_sealed(s: &Session, ids: &[ChunkId]) -> Vec<ChunkId> {
+    ids.iter()
+        .filter(|id| !matches!(id, ChunkId::Secret(i) if s.opened.contains_key(i)))
+        .copied()
+        .collect()
+}
+
+/// An opened chunk: kept open in the session, or streamed in for this step.
+fn chunk<'a>(s: &'a Session, run: &'a Run, id: ChunkId) -> Result<&'a [u8], TeeError> {
+    if let ChunkId::Secret(i) = id {
+        if let Some(b) = s.opened.get(&i) {
+            return Ok(b);
+        }
+    }
+    run.chunks
+        .get(&id)
+        .map(|b| b.as_slice())
+        .ok_or(TeeError::BadChunk)
+}
+
+/// Which chunks of `secret.chunks` stay open across inferences: in the order an inference
+/// first needs them, as many as fit in the platform's budget after the resident model and
+/// a bound on one inference's working set (the largest layer's tensors and chunks, four
+/// times over for the live values around it and the buffers in flight).
+fn keep_open(
+    model: &SecretModel,
+    header: &PublicHeader,
+    info: &[LayerInfo],
+    prefetch_begin: &[ChunkId],
+    budget: usize,
+    resident: usize,
+) -> Vec<bool> {
+    let plain_len = |i: u32| {
+        model
+            .chunks
+            .get(i as usize)
+            .map_or(0, |c| (c.len as usize).saturating_sub(crypto::TAG_LEN))
+    };
+    let secret_bytes = |ids: &[ChunkId]| -> usize {
+        ids.iter()
+            .map(|id| match id {
+                ChunkId::Secret(i) => plain_len(*i),
+                _ => 0,
+            })
+            .sum()
+    };
+    let mut working = secret_bytes(prefetch_begin);
+    for (l, i) in header.layers.iter().zip(info) {
+        let numel = |s: &[usize]| format::checked_numel(s).unwrap_or(usize::MAX / 64);
+        // Ring tensors (hardened) take 8 bytes a value, f32 ones 4.
+        let tensors = 8 * (numel(&l.input_shape) + numel(&l.output_shape) + numel(&i.real_shape));
+        working = working.max(tensors.saturating_add(secret_bytes(&i.prefetch)));
+    }
+    let mut room = budget
+        .saturating_sub(resident)
+        .saturating_sub(working.saturating_mul(4));
+    let mut keep = vec![false; model.chunks.len()];
+    let order = prefetch_begin
+        .iter()
+        .chain(info.iter().flat_map(|i| &i.prefetch));
+    for id in order {
+        if let ChunkId::Secret(i) = *id {
+            let n = plain_len(i);
+            if keep.get(i as usize) == Some(&false) && n <= room {
+                keep[i as usize] = true;
+                room -= n;
+            }
+        }
+    }
+    keep
+}
+
+/// Little-endian words of an opened chunk or a result, read in place where the bytes are
+/// aligned for it (the allocators' and the transport's buffers are), else copied.
+enum Words<'a, T: zeroize::Zeroize> {
+    Borrowed(&'a [T]),
+    Owned(Zeroizing<Vec<T>>),
+}
+
+impl<T: zeroize::Zeroize> core::ops::Deref for Words<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Words::Borrowed(w) => w,
+            Words::Owned(w) => w,
+        }
+    }
+}
+
+trait LeWord: bytemuck::Pod + zeroize::Zeroize {
+    fn from_le(b: &[u8]) -> Self;
+}
+
+impl LeWord for f32 {
+    fn from_le(b: &[u8]) -> Self {
+        f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+}
+
+impl LeWord for u16 {
+    fn from_le(b: &[u8]) -> Self {
+        u16::from_le_bytes([b[0], b[1]])
+    }
+}
+
+fn words<T: LeWord>(b: &[u8]) -> Result<Words<'_, T>, ()> {
+    let size = core::mem::size_of::<T>();
+    if !b.len().is_multiple_of(size) {
+        return Err(());
+    }
+    #[cfg(target_endian = "little")]
+    if let Ok(w) = bytemuck::try_cast_slice(b) {
+        return Ok(Words::Borrowed(w));
+    }
+    Ok(Words::Owned(Zeroizing::new(
+        b.chunks_exact(size).map(T::from_le).collect(),
+    )))
 }
 
 /// Associated data of every chunk of a package's `secret.chunks`.
@@ -1436,24 +1587,6 @@ fn segment_chunks(
             ids.push(ChunkId::Secret(f.mask));
         }
     }
-}
-
-fn floats(b: &[u8]) -> Result<Vec<f32>, TeeError> {
-    if !b.len().is_multiple_of(4) {
-        return Err(TeeError::CorruptSecret);
-    }
-    Ok(b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
-}
-
-fn halves(b: &[u8]) -> Result<Vec<u16>, TeeError> {
-    if !b.len().is_multiple_of(2) {
-        return Err(TeeError::CorruptSecret);
-    }
-    Ok(b.chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .collect())
 }
 
 fn fetch<'a>(g: &'a Graph, vals: &'a [Option<Tensor>], v: usize) -> Result<&'a Tensor, TeeError> {

@@ -145,6 +145,9 @@ fn nonce12(index: u64, domain: u32) -> [u8; 12] {
     n
 }
 
+/// Bytes a sealed chunk has beyond its plaintext (the Poly1305 tag).
+pub const TAG_LEN: usize = 16;
+
 /// Seals chunk `index` (vendor side, and pool entries' headers on the device).
 pub fn seal_chunk(key: &[u8; 32], index: u64, aad: &[u8], plain: &[u8]) -> Vec<u8> {
     ChaCha20Poly1305::new(key.into())

@@ -116,7 +116,8 @@ pub struct Forward<'a> {
 #[allow(clippy::too_many_arguments)]
 pub fn restore_fused(
     t: &PaperTransform,
-    y: &Tensor,
+    y: &[f32],
+    y_shape: &[usize],
     real_shape: &[usize],
     axis: usize,
     offset: Option<&[f32]>,
@@ -124,10 +125,10 @@ pub fn restore_fused(
     act: Option<Activation>,
     next: Option<Forward<'_>>,
 ) -> Result<Tensor, usize> {
-    let (outer, m, inner) = around(&y.shape, axis);
+    let (outer, m, inner) = around(y_shape, axis);
     let (_, n, _) = around(real_shape, axis);
     let mut out = Vec::with_capacity(outer * n * inner);
-    let channel = |o: usize, p: usize| &y.data[(o * m + p) * inner..][..inner];
+    let channel = |o: usize, p: usize| &y[(o * m + p) * inner..][..inner];
     // Channels no restoration reads (fakes without a partner) are checked on their own.
     let mut read = vec![false; m];
     let mut group_at = Vec::new();
@@ -176,7 +177,7 @@ pub fn restore_fused(
             }
             let d = &mut out[at..at + inner];
             if !all_finite(d) {
-                return Err(first_bad_channel(y, axis));
+                return Err(first_bad_channel(y, y_shape, axis));
             }
             if let Some(c) = offset {
                 for (d, &c) in d.iter_mut().zip(&c[real_at..real_at + inner]) {
@@ -219,10 +220,9 @@ pub fn restore_fused(
 }
 
 /// The first public channel of `y` along `axis` with a non-finite value (0 if none).
-pub fn first_bad_channel(y: &Tensor, axis: usize) -> usize {
-    let (_, m, inner) = around(&y.shape, axis);
-    y.data
-        .iter()
+pub fn first_bad_channel(y: &[f32], y_shape: &[usize], axis: usize) -> usize {
+    let (_, m, inner) = around(y_shape, axis);
+    y.iter()
         .position(|v| !v.is_finite())
         .map_or(0, |i| i / inner.max(1) % m.max(1))
 }
@@ -366,7 +366,18 @@ mod tests {
             for with_corr in [false, true] {
                 let c = with_corr.then_some(&corr[..]);
                 let want = reference(&t, &y, &real, c, &bias, act);
-                let got = restore_fused(&t, &y, &real, 1, c, Some(&bias), Some(act), None).unwrap();
+                let got = restore_fused(
+                    &t,
+                    &y.data,
+                    &y.shape,
+                    &real,
+                    1,
+                    c,
+                    Some(&bias),
+                    Some(act),
+                    None,
+                )
+                .unwrap();
                 for (a, b) in got.data.iter().zip(&want.data) {
                     assert!((a - b).abs() < 1e-5, "{t:?}: {a} vs {b}");
                 }
@@ -380,7 +391,8 @@ mod tests {
                 let want_next = prepare_input(&next_t, Some(&mask), want.clone());
                 let got_next = restore_fused(
                     &t,
-                    &y,
+                    &y.data,
+                    &y.shape,
                     &real,
                     1,
                     c,
@@ -407,7 +419,17 @@ mod tests {
         for (channel, bad) in [(0, f32::NAN), (m - 1, f32::INFINITY), (n, f32::NAN)] {
             let mut y = tensor(&public, 1);
             y.data[channel * 90 + 17] = bad;
-            let e = restore_fused(&fake_pairs(n, m), &y, &real, 1, None, None, None, None);
+            let e = restore_fused(
+                &fake_pairs(n, m),
+                &y.data,
+                &y.shape,
+                &real,
+                1,
+                None,
+                None,
+                None,
+                None,
+            );
             assert_eq!(e.err(), Some(channel), "{bad} in channel {channel}");
         }
         assert!(all_finite(&values(1000, 2)));

@@ -43,4 +43,14 @@ pub trait Platform: Send {
     fn create_counter(&mut self, name: &[u8; 32], epoch: [u8; 16]) -> Result<(), PlatformError>;
     /// Raises a counter to `value` (> its current value); durable when it returns.
     fn advance_counter(&mut self, name: &[u8; 32], value: u64) -> Result<(), PlatformError>;
+    /// The trusted memory the core may use, in bytes. The core keeps a package's opened
+    /// secret chunks resident only within what this leaves beside the model and one
+    /// inference's working set; the rest it opens again on every inference. The default
+    /// is OP-TEE's default secure-world heap.
+    fn memory_budget(&self) -> usize {
+        DEFAULT_MEMORY_BUDGET
+    }
 }
+
+/// 16 MiB: OP-TEE's default trusted memory.
+pub const DEFAULT_MEMORY_BUDGET: usize = 16 << 20;

@@ -19,6 +19,9 @@ pub struct Stats {
     pub round_trips: usize,
     /// Time spent in the accelerator (the rest is the core, the transport and the host).
     pub accel: Duration,
+    /// Bytes of sealed chunks and pool entry parts the core asked for (chunks it keeps
+    /// open from an earlier inference are not asked for again).
+    pub chunk_bytes: usize,
 }
 
 pub struct SecureModel {
@@ -195,6 +198,7 @@ impl SecureModel {
                     self.last.accel += t0.elapsed();
                     drop(input);
                     let chunks = self.chunks(&prefetch, entry_bytes.as_deref())?;
+                    self.last.chunk_bytes += chunks.iter().map(Vec::len).sum::<usize>();
                     self.enclave.call(HostToTee::LinearDone {
                         layer,
                         output,
@@ -203,6 +207,7 @@ impl SecureModel {
                 }
                 TeeToHost::NeedChunks { ids } => {
                     let chunks = self.chunks(&ids, entry_bytes.as_deref())?;
+                    self.last.chunk_bytes += chunks.iter().map(Vec::len).sum::<usize>();
                     self.enclave.call(HostToTee::Chunks { chunks })?
                 }
                 TeeToHost::Done { outputs } => return Ok(outputs),
