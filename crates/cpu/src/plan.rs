@@ -387,6 +387,9 @@ impl Plan {
         let steps = &self.steps;
         let consts = &self.consts;
         let mut result = Ok(());
+        let outputs = &self.outputs;
+        let arena_len = self.arena.len();
+        let mut outs = Vec::with_capacity(outputs.len());
         crate::team::with_team(threads, || {
             for s in steps {
                 let t0 = times.as_ref().map(|_| std::time::Instant::now());
@@ -401,14 +404,11 @@ impl Plan {
                     t.push(t0.elapsed().as_secs_f64() * 1e3);
                 }
             }
-        });
-        result?;
-        // SAFETY: `base` spans the arena, and no step runs any more.
-        let arena = unsafe { std::slice::from_raw_parts(self.base, self.arena.len()) };
-        Ok(self
-            .outputs
-            .iter()
-            .map(|(src, layout, shape)| {
+            // The outputs leave the arena while the team is still up: a blocked output's
+            // reorder runs on every thread.
+            // SAFETY: `base` spans the arena, and no step runs any more.
+            let arena = unsafe { std::slice::from_raw_parts(base, arena_len) };
+            for (src, layout, shape) in outputs {
                 let n: usize = shape.iter().product();
                 let data = match (src, layout) {
                     (Src::Arena(o), OutLayout::Blocked(g)) => {
@@ -420,12 +420,14 @@ impl Plan {
                     (Src::Input(i), _) => inputs[*i].data.clone(),
                     (Src::Const(c), _) => consts[*c].data.clone(),
                 };
-                Tensor {
+                outs.push(Tensor {
                     shape: shape.clone(),
                     data,
-                }
-            })
-            .collect())
+                });
+            }
+        });
+        result?;
+        Ok(outs)
     }
 }
 

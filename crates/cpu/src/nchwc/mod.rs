@@ -12,6 +12,8 @@
 
 pub mod conv;
 pub mod dense;
+#[cfg(target_arch = "x86_64")]
+mod layout_x86;
 pub(crate) mod ops;
 #[cfg(test)]
 mod tests;
@@ -86,8 +88,33 @@ impl Geom {
     }
 }
 
+/// Floats below which a reorder stays on one thread (the hand-off costs more).
+const REORDER_PARALLEL: usize = 1 << 15;
+
 /// NCHW → blocked (writes the halo and the padded channels as zeros).
 pub fn to_blocked(x: &[f32], g: &Geom, out: &mut [f32]) {
+    assert!(x.len() >= g.n * g.c * g.h * g.w && out.len() >= g.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        let (src, dst) = (ops::CPtr(x.as_ptr()), ops::Ptr(out.as_mut_ptr()));
+        let blocks = g.n * g.cb();
+        let one = |i: usize| {
+            let (n, cb) = (i / g.cb(), i % g.cb());
+            // SAFETY: AVX-512F is there; the lengths are checked above, and each block
+            // writes only its own span of `out` (its halo and its interior).
+            unsafe { layout_x86::to_blocked_block(src.get(), g, n, cb, dst.get()) }
+        };
+        if x.len() >= REORDER_PARALLEL {
+            crate::team::parallel_for(blocks, &one);
+        } else {
+            (0..blocks).for_each(one);
+        }
+        return;
+    }
+    to_blocked_scalar(x, g, out)
+}
+
+fn to_blocked_scalar(x: &[f32], g: &Geom, out: &mut [f32]) {
     let (h, w) = (g.h, g.w);
     for n in 0..g.n {
         for cb in 0..g.cb() {
@@ -112,6 +139,29 @@ pub fn to_blocked(x: &[f32], g: &Geom, out: &mut [f32]) {
 
 /// Blocked → NCHW.
 pub fn from_blocked(x: &[f32], g: &Geom, out: &mut [f32]) {
+    assert!(x.len() >= g.len() && out.len() >= g.n * g.c * g.h * g.w);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        let (src, dst) = (ops::CPtr(x.as_ptr()), ops::Ptr(out.as_mut_ptr()));
+        let blocks = g.n * g.cb();
+        let one = |i: usize| {
+            // SAFETY: AVX-512F is there; the lengths are checked above, and each block
+            // writes only its own channels of `out`.
+            unsafe {
+                layout_x86::from_blocked_block(src.get(), g, i / g.cb(), i % g.cb(), dst.get())
+            }
+        };
+        if out.len() >= REORDER_PARALLEL {
+            crate::team::parallel_for(blocks, &one);
+        } else {
+            (0..blocks).for_each(one);
+        }
+        return;
+    }
+    from_blocked_scalar(x, g, out)
+}
+
+fn from_blocked_scalar(x: &[f32], g: &Geom, out: &mut [f32]) {
     let (h, w) = (g.h, g.w);
     for n in 0..g.n {
         for cb in 0..g.cb() {

@@ -298,3 +298,35 @@ fn blocked_pooling_matches_the_portable_kernel_with_nans() {
         }
     }
 }
+
+#[test]
+fn reorders_match_the_scalar_loops() {
+    // Odd channel counts (a partial last block), widths around the 16-pixel tile, halos.
+    for (n, c, h, w, halo) in [
+        (1, 37, 3, 19, 1),
+        (2, 16, 5, 16, 0),
+        (1, 5, 2, 33, 2),
+        (1, 77, 7, 7, 1),
+        (1, 512, 14, 14, 1),
+    ] {
+        let g = Geom::new([n, c, h, w], halo);
+        let x = rand(n * c * h * w, (c * w) as u64);
+        let mut fast = vec![f32::NAN; g.len()];
+        let mut slow = vec![f32::NAN; g.len()];
+        to_blocked(&x, &g, &mut fast);
+        crate::nchwc::portable_only(|| to_blocked(&x, &g, &mut slow));
+        assert_eq!(fast.len(), slow.len());
+        assert!(
+            fast.iter()
+                .zip(&slow)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "to_blocked {n}x{c}x{h}x{w} halo {halo}"
+        );
+        let mut back = vec![f32::NAN; x.len()];
+        from_blocked(&fast, &g, &mut back);
+        assert_eq!(back, x, "from_blocked {n}x{c}x{h}x{w} halo {halo}");
+        let mut back_slow = vec![f32::NAN; x.len()];
+        crate::nchwc::portable_only(|| from_blocked(&fast, &g, &mut back_slow));
+        assert_eq!(back_slow, x);
+    }
+}
