@@ -8,9 +8,14 @@
 //! direction; the protocol alternates strictly, so neither side writes a region while the
 //! other reads it. A host that scribbles on the region while the enclave works can only
 //! change what it sent, never what was checked: the enclave decodes a request's small
-//! fields into its own memory, and the core reads a result tensor or pool body in place
-//! one row at a time, copying each row into its own buffer before checking or using it,
-//! so every word is fetched from the region exactly once.
+//! fields into its own memory; the hardened core reads a result tensor or pool body in
+//! place one row at a time, copying each row into its own buffer before checking or using
+//! it, so every word its integrity check sees is the word it restores; sealed chunks are
+//! copied in before they are authenticated. The paper scheme's restore reads its f32
+//! result in place (a fake channel once per real channel paired with it): that scheme
+//! checks nothing, so a host changing the region mid-read only sends other numbers, which
+//! it could have sent anyway, and every restored value is checked finite where the core
+//! wrote it.
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +41,40 @@ pub enum Request {
 pub enum Reply {
     Core(TeeToHost),
     Stats(MemoryStats),
+}
+
+/// `Request::Core(HostToTee::LinearDone { .. })` with the result and the chunks lent
+/// rather than owned: encodes exactly as that message (a test pins it), so the host
+/// writes the chunks from its file buffer straight into the frame without copying them
+/// into a message first.
+pub struct LinearDoneOut<'a> {
+    pub layer: u32,
+    pub output: &'a shadownet_trusted::Payload,
+    pub chunks: &'a [&'a [u8]],
+}
+
+impl Serialize for LinearDoneOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Inner<'a>(&'a LinearDoneOut<'a>);
+        impl Serialize for Inner<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeStructVariant;
+                let m = self.0;
+                let chunks: Vec<&serde_bytes::Bytes> = m
+                    .chunks
+                    .iter()
+                    .map(|c| serde_bytes::Bytes::new(c))
+                    .collect();
+                // HostToTee's third variant.
+                let mut v = s.serialize_struct_variant("HostToTee", 2, "LinearDone", 3)?;
+                v.serialize_field("layer", &m.layer)?;
+                v.serialize_field("output", m.output)?;
+                v.serialize_field("chunks", &chunks)?;
+                v.end()
+            }
+        }
+        s.serialize_newtype_variant("Request", 0, "Core", &Inner(self))
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -353,6 +392,30 @@ mod tests {
             recv::<Request>(&mut ok.as_slice()),
             Ok(Some(Request::Stats))
         ));
+    }
+
+    #[test]
+    fn a_lent_linear_done_encodes_as_the_owned_one() {
+        let output = shadownet_trusted::Payload::F32(shadownet_ir::Tensor {
+            shape: vec![1, 2, 3],
+            data: (0..6).map(|i| i as f32 * 0.5).collect(),
+        });
+        let chunks = [vec![1u8, 2, 3], vec![], vec![9u8; 300]];
+        let owned = Request::Core(shadownet_trusted::HostToTee::LinearDone {
+            layer: 300,
+            output: output.clone(),
+            chunks: chunks.to_vec(),
+        });
+        let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+        let lent = LinearDoneOut {
+            layer: 300,
+            output: &output,
+            chunks: &refs,
+        };
+        assert_eq!(
+            postcard::to_allocvec(&lent).unwrap(),
+            postcard::to_allocvec(&owned).unwrap()
+        );
     }
 
     #[cfg(target_os = "linux")]

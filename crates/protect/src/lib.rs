@@ -449,9 +449,14 @@ fn protect_paper(
                 .collect(),
         };
         let through = shadownet_cpu::eval("mask", &kind.op(), &[&mask_t, &weight])?;
+        let through_le: Vec<u8> = through[0]
+            .data
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let mut corr = shadownet_trusted::paper::restore_fused(
             &transform,
-            &through[0].data,
+            &through_le,
             &through[0].shape,
             &out_shape,
             axis,

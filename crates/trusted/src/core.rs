@@ -987,7 +987,6 @@ impl TrustedCore {
                 {
                     return Err(TeeError::BadResult { layer });
                 }
-                let y = words::<f32>(bytes).map_err(|_| TeeError::BadResult { layer })?;
                 let correction = match fixed {
                     Some(f) => Some(
                         words::<f32>(chunk(&s, &run, ChunkId::Secret(f.correction))?)
@@ -1029,7 +1028,7 @@ impl TrustedCore {
                 }
                 let restored = paper::restore_fused(
                     transform,
-                    &y,
+                    bytes,
                     &shape,
                     &info.real_shape_pre_act(g, sl.node),
                     axis,
@@ -1564,7 +1563,7 @@ fn words<T: LeWord>(b: &[u8]) -> Result<Words<'_, T>, ()> {
 
 /// Associated data of every chunk of a package's `secret.chunks`.
 pub fn chunk_aad(package_id: &[u8; 16]) -> Vec<u8> {
-    let mut a = b"shadownet/chunk/v3".to_vec();
+    let mut a = b"shadownet/chunk/v4".to_vec();
     a.extend_from_slice(package_id);
     a
 }

@@ -5,13 +5,15 @@
 //! - vendor signatures: Ed25519 (strict verification), against keys pinned at provisioning;
 //! - the device record: the device's X25519 key and its pinned vendor keys, MACed with a
 //!   key derived from the device key so the host cannot add a vendor of its own;
-//! - streamed chunks: ChaCha20-Poly1305 with the chunk index as nonce;
+//! - streamed chunks: ChaCha8-Poly1305 with the chunk index as nonce (tens of megabytes per
+//!   inference for the paper scheme: 2.5 GB/s against ChaCha20-Poly1305's 1.5 on one core
+//!   here; the same 8-round assumption as the keystreams below);
 //! - keystreams (one-time masks, pool corrections): ChaCha8.
 use alloc::vec::Vec;
 
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::ChaCha20Poly1305;
+use chacha20poly1305::ChaCha8Poly1305;
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use hpke::aead::ChaCha20Poly1305 as HpkeChaCha;
@@ -150,9 +152,9 @@ pub const TAG_LEN: usize = 16;
 
 /// Seals chunk `index` (vendor side, and pool entries' headers on the device).
 pub fn seal_chunk(key: &[u8; 32], index: u64, aad: &[u8], plain: &[u8]) -> Vec<u8> {
-    ChaCha20Poly1305::new(key.into())
+    ChaCha8Poly1305::new(key.into())
         .encrypt((&nonce12(index, 0)).into(), Payload { msg: plain, aad })
-        // Only fails beyond ChaCha20's 256 GiB message limit, far above MAX_CHUNK.
+        // Only fails beyond ChaCha's 256 GiB message limit, far above MAX_CHUNK.
         .unwrap_or_default()
 }
 
@@ -163,7 +165,7 @@ pub fn open_chunk(
     aad: &[u8],
     sealed: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, TeeError> {
-    ChaCha20Poly1305::new(key.into())
+    ChaCha8Poly1305::new(key.into())
         .decrypt((&nonce12(index, 0)).into(), Payload { msg: sealed, aad })
         .map(Zeroizing::new)
         .map_err(|_| TeeError::BadChunk)

@@ -11,9 +11,9 @@
 //!   info = [`HPKE_INFO`] ‖ package id, aad = SHA-256 of the public header region) of the
 //!   postcard-encoded [`SecretModel`]: what the core keeps resident.
 //! - `secret.chunks`: the large secret parts (weights of layers kept in the TEE, the paper
-//!   scheme's fixed masks and corrections), each ChaCha20-Poly1305-sealed under the
+//!   scheme's fixed masks and corrections), each ChaCha8-Poly1305-sealed under the
 //!   secret's chunk key with its index as nonce, streamed to the core one at a time:
-//!   `SNCHKv3\0`, a u32 count, per chunk its (offset, length) as two u64 (where the host
+//!   `SNCHKv4\0`, a u32 count, per chunk its (offset, length) as two u64 (where the host
 //!   finds it; sizes follow from the architecture, which is public), then the data.
 //! - `package.sig`: `SNSIGv1\0`, the vendor's Ed25519 public key, and its signature over
 //!   [`signed_message`] (the hashes of the public header region and the sealed secret).
@@ -36,7 +36,7 @@ pub const PUBLIC_MAGIC: &[u8; 8] = b"SNPKGv3\0";
 pub const PUBLIC_MAGIC_V2: &[u8; 8] = b"SNPKGv2\0";
 pub const SECRET_MAGIC: &[u8; 8] = b"SNSECv3\0";
 pub const SIGNATURE_MAGIC: &[u8; 8] = b"SNSIGv1\0";
-pub const CHUNKS_MAGIC: &[u8; 8] = b"SNCHKv3\0";
+pub const CHUNKS_MAGIC: &[u8; 8] = b"SNCHKv4\0";
 pub const HPKE_INFO: &[u8] = b"shadownet/secret/v3";
 const SIGNATURE_DOMAIN: &[u8] = b"shadownet/package-signature/v3\0";
 

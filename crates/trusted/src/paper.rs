@@ -84,6 +84,27 @@ fn add_mask(t: &mut [f32], m: &[u16]) {
     }
 }
 
+/// The f32 values of little-endian bytes (the accelerator's result as it crossed the
+/// boundary: read in place, wherever it lies in the host's buffer, with no copy).
+#[inline]
+fn le_f32s(b: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+
+/// [`all_finite`] on little-endian bytes.
+fn all_finite_le(b: &[u8]) -> bool {
+    const L: usize = 16;
+    let mut acc = [0f32; L];
+    let mut chunks = b.chunks_exact(4 * L);
+    for c in &mut chunks {
+        for (a, x) in acc.iter_mut().zip(le_f32s(c)) {
+            *a += x * 0.0;
+        }
+    }
+    le_f32s(chunks.remainder()).all(f32::is_finite) && acc.iter().all(|&a| a == 0.0)
+}
+
 /// True when no value is NaN or infinite. `x · 0` is 0 for finite x and NaN otherwise;
 /// summing it lane-wise keeps the loop branch-free, so it runs at memory speed.
 pub fn all_finite(v: &[f32]) -> bool {
@@ -112,11 +133,12 @@ pub struct Forward<'a> {
 ///
 /// A public channel holding a NaN or an infinity is refused with its index: `y` comes from
 /// the untrusted accelerator. Separate passes for each step made the core's share of
-/// MobileNet-v1 as long as the whole plain inference; it is memory-bound.
+/// MobileNet-v1 as long as the whole plain inference; it is memory-bound. `y` is the
+/// result's little-endian bytes, read where the host put them.
 #[allow(clippy::too_many_arguments)]
 pub fn restore_fused(
     t: &PaperTransform,
-    y: &[f32],
+    y: &[u8],
     y_shape: &[usize],
     real_shape: &[usize],
     axis: usize,
@@ -128,7 +150,10 @@ pub fn restore_fused(
     let (outer, m, inner) = around(y_shape, axis);
     let (_, n, _) = around(real_shape, axis);
     let mut out = Vec::with_capacity(outer * n * inner);
-    let channel = |o: usize, p: usize| &y[(o * m + p) * inner..][..inner];
+    if Some(y.len()) != outer.checked_mul(m * inner * 4) {
+        return Err(0);
+    }
+    let channel = |o: usize, p: usize| &y[(o * m + p) * inner * 4..][..inner * 4];
     // Channels no restoration reads (fakes without a partner) are checked on their own.
     let mut read = vec![false; m];
     let mut group_at = Vec::new();
@@ -165,14 +190,14 @@ pub fn restore_fused(
                     read[fp] = true;
                     let (r, f) = (channel(o, rp), channel(o, fp));
                     let (s, fs) = (scale[i], fake_scale[i]);
-                    out.extend(r.iter().zip(f).map(|(&r, &f)| s * r + fs * f));
+                    out.extend(le_f32s(r).zip(le_f32s(f)).map(|(r, f)| s * r + fs * f));
                 }
                 PaperTransform::GroupShuffle { groups, scale, .. } => {
                     let og = n / groups;
                     let p = group_at[i / og] * og + i % og;
                     read[p] = true;
                     let s = scale[i];
-                    out.extend(channel(o, p).iter().map(|&v| s * v));
+                    out.extend(le_f32s(channel(o, p)).map(|v| s * v));
                 }
             }
             let d = &mut out[at..at + inner];
@@ -201,7 +226,7 @@ pub fn restore_fused(
         }
     }
     for (p, _) in read.iter().enumerate().filter(|(_, r)| !**r) {
-        if (0..outer).any(|o| !all_finite(channel(o, p))) {
+        if (0..outer).any(|o| !all_finite_le(channel(o, p))) {
             return Err(p);
         }
     }
@@ -220,9 +245,9 @@ pub fn restore_fused(
 }
 
 /// The first public channel of `y` along `axis` with a non-finite value (0 if none).
-pub fn first_bad_channel(y: &[f32], y_shape: &[usize], axis: usize) -> usize {
+pub fn first_bad_channel(y: &[u8], y_shape: &[usize], axis: usize) -> usize {
     let (_, m, inner) = around(y_shape, axis);
-    y.iter()
+    le_f32s(y)
         .position(|v| !v.is_finite())
         .map_or(0, |i| i / inner.max(1) % m.max(1))
 }
@@ -285,6 +310,10 @@ mod tests {
                 (s % 2001) as f32 / 1000.0 - 1.0
             })
             .collect()
+    }
+
+    fn le(t: &Tensor) -> Vec<u8> {
+        t.data.iter().flat_map(|v| v.to_le_bytes()).collect()
     }
 
     fn tensor(shape: &[usize], seed: u32) -> Tensor {
@@ -368,7 +397,7 @@ mod tests {
                 let want = reference(&t, &y, &real, c, &bias, act);
                 let got = restore_fused(
                     &t,
-                    &y.data,
+                    &le(&y),
                     &y.shape,
                     &real,
                     1,
@@ -391,7 +420,7 @@ mod tests {
                 let want_next = prepare_input(&next_t, Some(&mask), want.clone());
                 let got_next = restore_fused(
                     &t,
-                    &y.data,
+                    &le(&y),
                     &y.shape,
                     &real,
                     1,
@@ -421,7 +450,7 @@ mod tests {
             y.data[channel * 90 + 17] = bad;
             let e = restore_fused(
                 &fake_pairs(n, m),
-                &y.data,
+                &le(&y),
                 &y.shape,
                 &real,
                 1,

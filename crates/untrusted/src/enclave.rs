@@ -6,12 +6,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use shadownet_enclave::wire::{self, Channel, MemoryStats, Reply, Request, Shm};
-use shadownet_trusted::{HostToTee, Platform, TeeToHost, TrustedCore};
+use shadownet_trusted::{HostToTee, HostToTeeRef, Payload, Platform, TeeToHost, TrustedCore};
 
 use crate::{Error, Result};
 
 pub trait Enclave: Send {
     fn call(&mut self, msg: HostToTee) -> Result<TeeToHost>;
+    /// `LinearDone` with the result and the chunks lent from the host's buffers: the
+    /// in-process core reads them where they lie, the process gets them written once into
+    /// the shared region (megabytes per inference: no copy into a message first).
+    fn linear_done(&mut self, layer: u32, output: &Payload, chunks: &[&[u8]]) -> Result<TeeToHost> {
+        self.call(HostToTee::LinearDone {
+            layer,
+            output: output.clone(),
+            chunks: chunks.iter().map(|c| c.to_vec()).collect(),
+        })
+    }
     /// The enclave's heap now and its peak since the previous call, where it can be
     /// measured (the enclave process).
     fn memory(&mut self) -> Result<Option<MemoryStats>> {
@@ -60,6 +70,14 @@ impl InProcEnclave {
 impl Enclave for InProcEnclave {
     fn call(&mut self, msg: HostToTee) -> Result<TeeToHost> {
         Ok(self.core.handle(msg))
+    }
+
+    fn linear_done(&mut self, layer: u32, output: &Payload, chunks: &[&[u8]]) -> Result<TeeToHost> {
+        Ok(self.core.handle_ref(HostToTeeRef::LinearDone {
+            layer,
+            output: output.as_ref(),
+            chunks: chunks.to_vec(),
+        }))
     }
 }
 
@@ -151,7 +169,7 @@ impl ProcessEnclave {
         self.child.id()
     }
 
-    fn request(&mut self, req: &Request) -> Result<Reply> {
+    fn request(&mut self, req: &impl serde::Serialize) -> Result<Reply> {
         let gone = |e: wire::FrameError| {
             Error::Enclave(format!("the enclave process stopped answering: {e}"))
         };
@@ -197,12 +215,15 @@ fn widen_pipe(fd: &impl std::os::fd::AsRawFd) {
 
 impl Enclave for ProcessEnclave {
     fn call(&mut self, msg: HostToTee) -> Result<TeeToHost> {
-        match self.request(&Request::Core(msg))? {
-            Reply::Core(r) => Ok(r),
-            Reply::Stats(_) => Err(Error::Protocol(
-                "a statistics reply to a core message".into(),
-            )),
-        }
+        core_reply(self.request(&Request::Core(msg))?)
+    }
+
+    fn linear_done(&mut self, layer: u32, output: &Payload, chunks: &[&[u8]]) -> Result<TeeToHost> {
+        core_reply(self.request(&wire::LinearDoneOut {
+            layer,
+            output,
+            chunks,
+        })?)
     }
 
     fn memory(&mut self) -> Result<Option<MemoryStats>> {
@@ -212,6 +233,15 @@ impl Enclave for ProcessEnclave {
                 "a core reply to a statistics request".into(),
             )),
         }
+    }
+}
+
+fn core_reply(r: Reply) -> Result<TeeToHost> {
+    match r {
+        Reply::Core(r) => Ok(r),
+        Reply::Stats(_) => Err(Error::Protocol(
+            "a statistics reply to a core message".into(),
+        )),
     }
 }
 

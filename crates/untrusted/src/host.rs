@@ -42,6 +42,15 @@ pub struct SecureModel {
     pub allow_slow_masks: bool,
 }
 
+/// Stands in for the enclave while a call borrows the package's buffers.
+struct Gone;
+
+impl Enclave for Gone {
+    fn call(&mut self, _: HostToTee) -> Result<TeeToHost> {
+        Err(Error::Protocol("the enclave is in use".into()))
+    }
+}
+
 fn read(p: &Path) -> Result<Vec<u8>> {
     std::fs::read(p).map_err(|e| Error::Io {
         path: p.display().to_string(),
@@ -197,13 +206,19 @@ impl SecureModel {
                     };
                     self.last.accel += t0.elapsed();
                     drop(input);
-                    let chunks = self.chunks(&prefetch, entry_bytes.as_deref())?;
-                    self.last.chunk_bytes += chunks.iter().map(Vec::len).sum::<usize>();
-                    self.enclave.call(HostToTee::LinearDone {
-                        layer,
-                        output,
-                        chunks,
-                    })?
+                    let mut enclave = std::mem::replace(&mut self.enclave, Box::new(Gone));
+                    let reply = prefetch
+                        .iter()
+                        .map(|&id| self.chunk(id, entry_bytes.as_deref()))
+                        .collect::<Result<Vec<&[u8]>>>()
+                        .and_then(|lent| {
+                            let n = lent.iter().map(|c| c.len()).sum::<usize>();
+                            enclave.linear_done(layer, &output, &lent).map(|r| (r, n))
+                        });
+                    self.enclave = enclave;
+                    let (reply, n) = reply?;
+                    self.last.chunk_bytes += n;
+                    reply
                 }
                 TeeToHost::NeedChunks { ids } => {
                     let chunks = self.chunks(&ids, entry_bytes.as_deref())?;
@@ -220,40 +235,44 @@ impl SecureModel {
     /// The bytes the core asked for, in its order.
     fn chunks(&self, ids: &[ChunkId], entry: Option<&[u8]>) -> Result<Vec<Vec<u8>>> {
         ids.iter()
-            .map(|&id| match id {
-                ChunkId::Secret(i) => {
-                    let m = self.chunk_table.get(i as usize).ok_or_else(|| {
-                        Error::Protocol(format!(
-                            "the core asked for chunk {i}, which the chunk file does not have"
-                        ))
-                    })?;
-                    Ok(self.chunks_file[m.offset as usize..(m.offset + m.len) as usize].to_vec())
-                }
-                ChunkId::PublicWeight(l) => self.weight_blob(l),
-                ChunkId::PoolBody(l) => match entry {
-                    Some(e) => {
-                        let (at, len) = self.body_range(l)?;
-                        e.get(at..at + len).map(<[u8]>::to_vec).ok_or_else(|| {
-                            Error::Protocol(format!("the pool entry is too short for layer {l}"))
-                        })
-                    }
-                    // Without an entry the core makes the masks itself from the weights.
-                    None => self.weight_blob(l),
-                },
-            })
+            .map(|&id| self.chunk(id, entry).map(|c| c.to_vec()))
             .collect()
     }
 
-    fn weight_blob(&self, l: u32) -> Result<Vec<u8>> {
+    /// One thing the core asked for, where this host holds it (the chunk file, the public
+    /// weights, the pool entry). `Arc`-free borrow: the caller lends it on at once.
+    fn chunk<'a>(&'a self, id: ChunkId, entry: Option<&'a [u8]>) -> Result<&'a [u8]> {
+        match id {
+            ChunkId::Secret(i) => {
+                let m = self.chunk_table.get(i as usize).ok_or_else(|| {
+                    Error::Protocol(format!(
+                        "the core asked for chunk {i}, which the chunk file does not have"
+                    ))
+                })?;
+                Ok(&self.chunks_file[m.offset as usize..(m.offset + m.len) as usize])
+            }
+            ChunkId::PublicWeight(l) => self.weight_blob(l),
+            ChunkId::PoolBody(l) => match entry {
+                Some(e) => {
+                    let (at, len) = self.body_range(l)?;
+                    e.get(at..at + len).ok_or_else(|| {
+                        Error::Protocol(format!("the pool entry is too short for layer {l}"))
+                    })
+                }
+                // Without an entry the core makes the masks itself from the weights.
+                None => self.weight_blob(l),
+            },
+        }
+    }
+
+    fn weight_blob(&self, l: u32) -> Result<&[u8]> {
         let layer = self
             .public
             .header
             .layers
             .get(l as usize)
             .ok_or_else(|| Error::Protocol(format!("no public layer {l}")))?;
-        format::weight_blob(&self.public_bytes[self.weights_at..], layer)
-            .map(<[u8]>::to_vec)
-            .map_err(Error::Tee)
+        format::weight_blob(&self.public_bytes[self.weights_at..], layer).map_err(Error::Tee)
     }
 
     /// Where layer `l`'s correction lies in a pool entry file: after the prefix, the
