@@ -176,50 +176,16 @@ pub fn recv<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Result<Option<T>
 }
 
 /// One side of the host ⇄ enclave link: the pipes, and shared regions when there are.
-///
-/// With shared regions a receiver first watches the sender's doorbell (a counter the
-/// sender bumps after writing a message, before its length word goes into the pipe) for
-/// about as long as a wake-up costs, and only then blocks on the pipe: a blocked reader
-/// pays a scheduler wake-up per message, 25–40 µs on the VMs measured (a round trip of
-/// two processes on a pipe: 55 µs; watching: 12 µs), and a layer of a small model takes
-/// less than that. Watching no longer than one wake-up costs at most twice the best
-/// choice whatever the wait turns out to be, and takes little from an accelerator
-/// running a long layer meanwhile.
 pub struct Channel<R, W> {
     pub r: R,
     pub w: W,
     /// (region this side writes, region it reads).
     shm: Option<(Shm, Shm)>,
-    /// Shared-memory messages received so far (the doorbell's value after the last one).
-    seen: u32,
 }
-
-/// Doorbell polls before blocking on the pipe: a poll is a load and a pause, 26 ns here,
-/// so about 50 µs.
-const WATCH: u32 = 2048;
 
 impl<R: Read, W: Write> Channel<R, W> {
     pub fn new(r: R, w: W, shm: Option<(Shm, Shm)>) -> Self {
-        Channel { r, w, shm, seen: 0 }
-    }
-
-    /// Watches the peer's doorbell before a blocking read (see the type's comment).
-    fn watch(&mut self) {
-        let Some((_, rx)) = self.shm.as_ref() else {
-            return;
-        };
-        let bell = rx.doorbell();
-        for i in 0..WATCH {
-            if bell.load(std::sync::atomic::Ordering::Acquire) != self.seen {
-                return;
-            }
-            std::hint::spin_loop();
-            // Now and then let another thread on this CPU run: the peer, or an
-            // accelerator thread.
-            if i % 64 == 63 {
-                std::thread::yield_now();
-            }
-        }
+        Channel { r, w, shm }
     }
 
     /// Sends `msg`: into the shared region when it fits, else through the pipe.
@@ -231,8 +197,6 @@ impl<R: Read, W: Write> Channel<R, W> {
                     .map_err(FrameError::Decode)?;
             if n <= tx.len() && n <= MAX_FRAME {
                 postcard::to_slice(msg, tx.as_mut_slice()).map_err(FrameError::Decode)?;
-                tx.doorbell()
-                    .fetch_add(1, std::sync::atomic::Ordering::Release);
                 self.w.write_all(&(n as u32 | IN_SHM).to_le_bytes())?;
                 self.w.flush()?;
                 return Ok(());
@@ -253,7 +217,6 @@ impl<R: Read, W: Write> Channel<R, W> {
     /// Receives a frame and hands its bytes to `f` where they lie: in the shared region
     /// (so a message can be decoded borrowing from it) or in a buffer read from the pipe.
     pub fn recv_with<T>(&mut self, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>, FrameError> {
-        self.watch();
         let Some(word) = read_len(&mut self.r)? else {
             return Ok(None);
         };
@@ -267,7 +230,6 @@ impl<R: Read, W: Write> Channel<R, W> {
                     "a shared-memory frame on a channel without shared memory",
                 )));
             };
-            self.seen = self.seen.wrapping_add(1);
             let bytes = rx.as_slice().get(..n).ok_or(FrameError::TooLarge(n))?;
             return Ok(Some(f(bytes)));
         }
@@ -307,9 +269,6 @@ pub fn serve<R: Read, W: Write>(
     }
 }
 
-/// The doorbell's cache line at the end of each shared region.
-const BELL: usize = 64;
-
 /// A memory region shared with the other process (a Linux memfd), mapped read-write.
 pub struct Shm {
     ptr: *mut u8,
@@ -348,11 +307,6 @@ impl Shm {
     #[cfg(target_os = "linux")]
     fn map(fd: std::os::fd::OwnedFd, len: usize, size_it: bool) -> std::io::Result<Shm> {
         use std::os::fd::AsRawFd;
-        if !len.is_multiple_of(BELL) {
-            return Err(std::io::Error::other(
-                "a shared region's size must be a multiple of 64 bytes",
-            ));
-        }
         // SAFETY: plain system calls on a descriptor we own; the mapping's validity is
         // checked before use.
         unsafe {
@@ -383,36 +337,22 @@ impl Shm {
         self.fd.as_fd()
     }
 
-    /// Bytes for messages: the region less its last cache line, the doorbell's.
     pub fn len(&self) -> usize {
-        self.len.saturating_sub(BELL)
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: `ptr` maps `len` bytes for as long as `self` lives.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len()) }
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, and `&mut self` makes this the only view in this process.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len()) }
-    }
-
-    /// The writer's message counter, in the region's last cache line.
-    fn doorbell(&self) -> &std::sync::atomic::AtomicU32 {
-        // The mapping is page-aligned and its length a multiple of BELL (checked when
-        // mapped), so the word is aligned; a region too small for one has a dummy.
-        static NONE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        if self.len < BELL {
-            return &NONE;
-        }
-        // SAFETY: an aligned u32 inside the mapping, which outlives `&self`; the other
-        // process only ever touches it atomically too.
-        unsafe { &*(self.ptr.add(self.len - BELL) as *const std::sync::atomic::AtomicU32) }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 }
 

@@ -83,41 +83,8 @@ fn keep_heap() {
     }
 }
 
-/// Runs the core on one CPU of its own: the last one this process may use, when it may
-/// use more than one (`SHADOWNET_ENCLAVE_PIN=0` leaves it to the scheduler). Host and
-/// enclave watch each other's doorbell rather than sleep (wire::Channel); put on one CPU
-/// by the scheduler, each would spin while the other waited to run: a round trip took
-/// 55 µs floating and 3 µs with the enclave pinned (2 vCPUs here).
-fn pin_to_last_cpu() {
-    #[cfg(target_os = "linux")]
-    {
-        if std::env::var_os("SHADOWNET_ENCLAVE_PIN").is_some_and(|v| v == "0") {
-            return;
-        }
-        // SAFETY: sched_getaffinity/sched_setaffinity read and write only `set`, which
-        // outlives the calls; CPU_* index within the set's fixed size.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            let size = std::mem::size_of::<libc::cpu_set_t>();
-            if libc::sched_getaffinity(0, size, &mut set) != 0 || libc::CPU_COUNT(&set) < 2 {
-                return;
-            }
-            let Some(last) = (0..libc::CPU_SETSIZE as usize)
-                .rev()
-                .find(|&c| libc::CPU_ISSET(c, &set))
-            else {
-                return;
-            };
-            let mut one: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(last, &mut one);
-            libc::sched_setaffinity(0, size, &one);
-        }
-    }
-}
-
 fn main() -> ExitCode {
     keep_heap();
-    pin_to_last_cpu();
     let mut key: Option<PathBuf> = None;
     let mut sandbox = true;
     let mut selftest = false;
