@@ -163,6 +163,11 @@ struct SecureVariant {
     /// Accelerator time per timed run, and the rest (trusted core, transport, host).
     accel: Vec<f64>,
     rest: Vec<f64>,
+    /// Time inside enclave calls per timed run (the core, and the transport in process).
+    enclave_ms: Vec<f64>,
+    /// Paper scheme: the values the trusted pass restores per inference and the bytes it
+    /// moves (see [`paper_pass`]).
+    pass: Option<(u64, u64)>,
     max_rel_err: f32,
     kept_layers: usize,
     /// Peak heap of the enclave process (counting allocator), process mode only.
@@ -218,6 +223,67 @@ fn rel_err(a: &[Tensor], b: &[Tensor]) -> f32 {
         worst = worst.max(d / scale);
     }
     worst
+}
+
+/// What the paper scheme's trusted pass touches per inference: (values restored, bytes).
+/// Per outsourced layer it reads the accelerator's result (every public channel, fakes
+/// included, 4 bytes), writes each restored value (4), and with a fixed mask reads the
+/// value's correction (4) and each input value's bf16 mask (2). Sealed chunks still
+/// streamed are counted apart (they are opened, not just read).
+fn paper_pass(c: &shadownet_protect::Converted) -> Option<(u64, u64)> {
+    if c.header.scheme != Scheme::ShadowNet {
+        return None;
+    }
+    let g = &c.secret.graph;
+    let numel = |s: &[usize]| s.iter().product::<usize>() as u64;
+    let (mut values, mut bytes) = (0u64, 0u64);
+    for (pl, sl) in c.header.layers.iter().zip(&c.secret.layers) {
+        let real = numel(g.shape(*g.nodes[sl.node as usize].outputs.first()?));
+        let fixed = matches!(
+            &sl.restore,
+            shadownet_trusted::format::LayerRestore::Paper { fixed: Some(_), .. }
+        );
+        values += real;
+        bytes += 4 * numel(&pl.output_shape) + 4 * real;
+        if fixed {
+            bytes += 4 * real + 2 * numel(&pl.input_shape);
+        }
+    }
+    Some((values, bytes))
+}
+
+/// One thread's streaming bandwidth, GB/s: the best of five STREAM-triad passes
+/// (a = b + s·c, 12 bytes an element) over 64 MiB arrays, the trusted pass's access
+/// pattern (read the result and the correction, write the value).
+fn stream_gbps() -> f64 {
+    let n = 16 << 20;
+    let (b, c) = (vec![1f32; n], vec![2f32; n]);
+    let mut a = vec![0f32; n];
+    let mut best = f64::MAX;
+    for k in 0..5 {
+        let s = 0.5 + k as f32;
+        let t0 = Instant::now();
+        for ((a, b), c) in a.iter_mut().zip(&b).zip(&c) {
+            *a = b + s * c;
+        }
+        std::hint::black_box(&a);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    12.0 * n as f64 / best / 1e9
+}
+
+/// One thread's speed at opening sealed chunks (the trusted core's own function), GB/s.
+fn chunk_open_gbps() -> f64 {
+    let key = [7u8; 32];
+    let sealed = shadownet_trusted::crypto::seal_chunk(&key, 1, b"bench", &vec![3u8; 4 << 20]);
+    let mut best = f64::MAX;
+    for _ in 0..10 {
+        let t0 = Instant::now();
+        let opened = shadownet_trusted::crypto::open_chunk(&key, 1, b"bench", &sealed);
+        std::hint::black_box(&opened);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    (4 << 20) as f64 / best / 1e9
 }
 
 fn ms(t0: Instant) -> f64 {
@@ -336,6 +402,8 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
                 paired_plain: Vec::with_capacity(args.runs),
                 accel: Vec::with_capacity(args.runs),
                 rest: Vec::with_capacity(args.runs),
+                enclave_ms: Vec::with_capacity(args.runs),
+                pass: paper_pass(&c),
                 max_rel_err: 0.0,
                 trusted_peak: None,
                 trusted_setup_peak: None,
@@ -391,6 +459,7 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
                 let accel = v.model.last.accel.as_secs_f64() * 1e3;
                 v.accel.push(accel);
                 v.rest.push(dt - accel);
+                v.enclave_ms.push(v.model.last.enclave.as_secs_f64() * 1e3);
                 if let Some(split) = &mut v.split {
                     v.split_samples.push(split());
                 }
@@ -402,6 +471,7 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         v.trusted_peak = v.model.enclave_memory()?.map(|m| m.peak);
     }
     let plain_stats = Stats::of(&plain_samples);
+    let (mem_gbps, aead_gbps) = (stream_gbps(), chunk_open_gbps());
     let mut reference = Value::Null;
     let mut reference_note = Value::Null;
     let mut ref_median = None;
@@ -437,6 +507,19 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         j["ratio_vs_reference"] = ratio(s.median, ref_median);
         j["accel_median_ms"] = json!(Stats::of(&v.accel).median);
         j["rest_median_ms"] = json!(Stats::of(&v.rest).median);
+        let enclave_ms = Stats::of(&v.enclave_ms).median;
+        j["enclave_median_ms"] = json!(enclave_ms);
+        j["chunk_bytes_per_inference"] = json!(v.model.last.chunk_bytes);
+        if let Some((values, bytes)) = v.pass {
+            // The floor: the pass's bytes at one core's streaming bandwidth, plus the
+            // chunks still streamed at one core's chunk-opening speed.
+            let floor = bytes as f64 / (mem_gbps * 1e6)
+                + v.model.last.chunk_bytes as f64 / (aead_gbps * 1e6);
+            j["restored_values"] = json!(values);
+            j["pass_bytes"] = json!(bytes);
+            j["pass_bytes_per_value"] = json!(bytes as f64 / values.max(1) as f64);
+            j["floor_ms"] = json!(floor);
+        }
         j["round_trips"] = json!(v.model.last.round_trips);
         j["outsourced_layers"] = json!(v.outsourced_layers);
         j["kept_layers"] = json!(v.kept_layers);
@@ -474,6 +557,8 @@ pub fn bench(args: &BenchArgs) -> Result<Value> {
         "warmup": args.warmup,
         "seed": args.seed,
         "variants": out_variants,
+        "memory_gbps_one_thread": mem_gbps,
+        "chunk_open_gbps_one_thread": aead_gbps,
         "reference": reference,
         "reference_note": reference_note,
     }))
@@ -711,6 +796,23 @@ pub fn table(r: &Value) -> String {
             num(v, "convert_s").unwrap_or(0.0),
             num(v, "max_rel_err").unwrap_or(0.0),
         );
+        let _ = write!(
+            s,
+            "  in enclave calls {:.2} ms; {:.2} MB of chunks streamed per inference",
+            num(v, "enclave_median_ms").unwrap_or(f64::NAN),
+            num(v, "chunk_bytes_per_inference").unwrap_or(0.0) / 1e6,
+        );
+        if let Some(floor) = num(v, "floor_ms") {
+            let _ = write!(
+                s,
+                "; trusted pass {:.1} bytes per restored value, floor {:.2} ms ({:.1} GB/s memory, {:.2} GB/s chunk opening, one thread)",
+                num(v, "pass_bytes_per_value").unwrap_or(f64::NAN),
+                floor,
+                num(r, "memory_gbps_one_thread").unwrap_or(f64::NAN),
+                num(r, "chunk_open_gbps_one_thread").unwrap_or(f64::NAN),
+            );
+        }
+        let _ = writeln!(s);
     }
     if r["accelerator"].as_str().is_some_and(|a| a != "cpu") {
         let _ = writeln!(

@@ -72,5 +72,17 @@ fn bench_json_reports_every_variant() {
             "{x}"
         );
         assert!(x["max_rel_err"].as_f64().is_some_and(|e| e < 1e-3), "{x}");
+        pos(x, "enclave_median_ms");
+        // The paper scheme's trusted pass: every restored value reads at least its
+        // public result and writes itself (8 bytes), and its floor is a real time.
+        if x["scheme"] == "shadownet" {
+            pos(x, "restored_values");
+            assert!(pos(x, "pass_bytes_per_value") >= 8.0, "{x}");
+            pos(x, "floor_ms");
+        } else {
+            assert!(x["floor_ms"].is_null(), "{x}");
+        }
     }
+    pos(&v, "memory_gbps_one_thread");
+    pos(&v, "chunk_open_gbps_one_thread");
 }

@@ -22,6 +22,9 @@ pub struct Stats {
     /// Bytes of sealed chunks and pool entry parts the core asked for (chunks it keeps
     /// open from an earlier inference are not asked for again).
     pub chunk_bytes: usize,
+    /// Time spent in calls to the enclave: the trusted core's own time in process, plus
+    /// the transport's for the enclave process.
+    pub enclave: Duration,
 }
 
 pub struct SecureModel {
@@ -169,11 +172,13 @@ impl SecureModel {
             Some((_, bytes)) => Some(self.entry_ref(bytes)?),
             None => None,
         };
+        let t0 = Instant::now();
         let mut reply = self.enclave.call(HostToTee::Begin {
             inputs,
             pool_entry,
             allow_slow_masks: self.allow_slow_masks,
         })?;
+        self.last.enclave += t0.elapsed();
         // An entry the core took, or refused as spent or unreadable, is useless from now
         // on; one it never looked at (bad inputs) stays for the next inference.
         if let Some((path, _)) = &entry {
@@ -213,17 +218,23 @@ impl SecureModel {
                         .collect::<Result<Vec<&[u8]>>>()
                         .and_then(|lent| {
                             let n = lent.iter().map(|c| c.len()).sum::<usize>();
-                            enclave.linear_done(layer, &output, &lent).map(|r| (r, n))
+                            let t0 = Instant::now();
+                            let r = enclave.linear_done(layer, &output, &lent);
+                            r.map(|r| (r, n, t0.elapsed()))
                         });
                     self.enclave = enclave;
-                    let (reply, n) = reply?;
+                    let (reply, n, dt) = reply?;
                     self.last.chunk_bytes += n;
+                    self.last.enclave += dt;
                     reply
                 }
                 TeeToHost::NeedChunks { ids } => {
                     let chunks = self.chunks(&ids, entry_bytes.as_deref())?;
                     self.last.chunk_bytes += chunks.iter().map(Vec::len).sum::<usize>();
-                    self.enclave.call(HostToTee::Chunks { chunks })?
+                    let t0 = Instant::now();
+                    let r = self.enclave.call(HostToTee::Chunks { chunks })?;
+                    self.last.enclave += t0.elapsed();
+                    r
                 }
                 TeeToHost::Done { outputs } => return Ok(outputs),
                 TeeToHost::Failed { error } => return Err(Error::Tee(error)),
