@@ -29,11 +29,7 @@ pub struct Stats {
 
 pub struct SecureModel {
     pub public: PublicModel,
-    /// `public.bin` and where its weights region starts.
-    public_bytes: Vec<u8>,
-    weights_at: usize,
-    chunks_file: Vec<u8>,
-    chunk_table: Vec<ChunkMeta>,
+    stored: Stored,
     enclave: Box<dyn Enclave>,
     accel: Box<dyn Accelerator>,
     /// Bytes of the opened model the core keeps resident, as it reported.
@@ -45,13 +41,14 @@ pub struct SecureModel {
     pub allow_slow_masks: bool,
 }
 
-/// Stands in for the enclave while a call borrows the package's buffers.
-struct Gone;
-
-impl Enclave for Gone {
-    fn call(&mut self, _: HostToTee) -> Result<TeeToHost> {
-        Err(Error::Protocol("the enclave is in use".into()))
-    }
+/// The package's files as the host keeps them, from which it hands the core what it asks
+/// for (lent, not copied, where the enclave takes borrowed buffers).
+struct Stored {
+    /// `public.bin` and where its weights region starts.
+    public_bytes: Vec<u8>,
+    weights_at: usize,
+    chunks_file: Vec<u8>,
+    chunk_table: Vec<ChunkMeta>,
 }
 
 fn read(p: &Path) -> Result<Vec<u8>> {
@@ -129,10 +126,12 @@ impl SecureModel {
                 resident_bytes,
             } if layers as usize == model.header.layers.len() => Ok(SecureModel {
                 public: model,
-                public_bytes: public,
-                weights_at,
-                chunks_file,
-                chunk_table,
+                stored: Stored {
+                    public_bytes: public,
+                    weights_at,
+                    chunks_file,
+                    chunk_table,
+                },
                 enclave,
                 accel,
                 resident_bytes,
@@ -211,21 +210,15 @@ impl SecureModel {
                     };
                     self.last.accel += t0.elapsed();
                     drop(input);
-                    let mut enclave = std::mem::replace(&mut self.enclave, Box::new(Gone));
-                    let reply = prefetch
+                    let header = &self.public.header;
+                    let lent = prefetch
                         .iter()
-                        .map(|&id| self.chunk(id, entry_bytes.as_deref()))
-                        .collect::<Result<Vec<&[u8]>>>()
-                        .and_then(|lent| {
-                            let n = lent.iter().map(|c| c.len()).sum::<usize>();
-                            let t0 = Instant::now();
-                            let r = enclave.linear_done(layer, &output, &lent);
-                            r.map(|r| (r, n, t0.elapsed()))
-                        });
-                    self.enclave = enclave;
-                    let (reply, n, dt) = reply?;
-                    self.last.chunk_bytes += n;
-                    self.last.enclave += dt;
+                        .map(|&id| self.stored.chunk(header, id, entry_bytes.as_deref()))
+                        .collect::<Result<Vec<&[u8]>>>()?;
+                    self.last.chunk_bytes += lent.iter().map(|c| c.len()).sum::<usize>();
+                    let t0 = Instant::now();
+                    let reply = self.enclave.linear_done(layer, &output, &lent)?;
+                    self.last.enclave += t0.elapsed();
                     reply
                 }
                 TeeToHost::NeedChunks { ids } => {
@@ -246,69 +239,19 @@ impl SecureModel {
     /// The bytes the core asked for, in its order.
     fn chunks(&self, ids: &[ChunkId], entry: Option<&[u8]>) -> Result<Vec<Vec<u8>>> {
         ids.iter()
-            .map(|&id| self.chunk(id, entry).map(|c| c.to_vec()))
+            .map(|&id| {
+                self.stored
+                    .chunk(&self.public.header, id, entry)
+                    .map(<[u8]>::to_vec)
+            })
             .collect()
     }
 
-    /// One thing the core asked for, where this host holds it (the chunk file, the public
-    /// weights, the pool entry). `Arc`-free borrow: the caller lends it on at once.
-    fn chunk<'a>(&'a self, id: ChunkId, entry: Option<&'a [u8]>) -> Result<&'a [u8]> {
-        match id {
-            ChunkId::Secret(i) => {
-                let m = self.chunk_table.get(i as usize).ok_or_else(|| {
-                    Error::Protocol(format!(
-                        "the core asked for chunk {i}, which the chunk file does not have"
-                    ))
-                })?;
-                Ok(&self.chunks_file[m.offset as usize..(m.offset + m.len) as usize])
-            }
-            ChunkId::PublicWeight(l) => self.weight_blob(l),
-            ChunkId::PoolBody(l) => match entry {
-                Some(e) => {
-                    let (at, len) = self.body_range(l)?;
-                    e.get(at..at + len).ok_or_else(|| {
-                        Error::Protocol(format!("the pool entry is too short for layer {l}"))
-                    })
-                }
-                // Without an entry the core makes the masks itself from the weights.
-                None => self.weight_blob(l),
-            },
-        }
-    }
-
-    fn weight_blob(&self, l: u32) -> Result<&[u8]> {
-        let layer = self
-            .public
-            .header
-            .layers
-            .get(l as usize)
-            .ok_or_else(|| Error::Protocol(format!("no public layer {l}")))?;
-        format::weight_blob(&self.public_bytes[self.weights_at..], layer).map_err(Error::Tee)
-    }
-
-    /// Where layer `l`'s correction lies in a pool entry file: after the prefix, the
-    /// corrections of the layers before it (8 bytes per public output value).
-    fn body_range(&self, l: u32) -> Result<(usize, usize)> {
-        let sizes: Vec<usize> = self
-            .public
-            .header
-            .layers
-            .iter()
-            .map(|pl| pl.output_shape.iter().product::<usize>() * 8)
-            .collect();
-        let l = l as usize;
-        if l >= sizes.len() {
-            return Err(Error::Protocol(format!("no public layer {l}")));
-        }
-        Ok((pool::PREFIX + sizes[..l].iter().sum::<usize>(), sizes[l]))
-    }
-
     fn entry_ref(&self, bytes: &[u8]) -> Result<PoolEntryRef> {
-        let (body_end, _) = self.body_range(self.public.header.layers.len() as u32 - 1)?;
-        let body_end = body_end
-            + self
-                .body_range(self.public.header.layers.len() as u32 - 1)?
-                .1;
+        let header = &self.public.header;
+        let last = header.layers.len() as u32 - 1;
+        let (at, len) = body_range(header, last)?;
+        let body_end = at + len;
         if bytes.len() < body_end {
             return Err(Error::Tee(TeeError::PoolCorrupt));
         }
@@ -449,4 +392,60 @@ impl SecureModel {
     pub fn public_weight(&self, l: usize) -> Option<&PublicWeight> {
         self.public.weights.get(l)
     }
+}
+
+impl Stored {
+    /// One thing the core asked for, where this host holds it: a sealed chunk, a public
+    /// layer's weights, or a layer's part of the pool entry.
+    fn chunk<'a>(
+        &'a self,
+        header: &shadownet_trusted::PublicHeader,
+        id: ChunkId,
+        entry: Option<&'a [u8]>,
+    ) -> Result<&'a [u8]> {
+        match id {
+            ChunkId::Secret(i) => {
+                let m = self.chunk_table.get(i as usize).ok_or_else(|| {
+                    Error::Protocol(format!(
+                        "the core asked for chunk {i}, which the chunk file does not have"
+                    ))
+                })?;
+                Ok(&self.chunks_file[m.offset as usize..(m.offset + m.len) as usize])
+            }
+            ChunkId::PublicWeight(l) => self.weight_blob(header, l),
+            ChunkId::PoolBody(l) => match entry {
+                Some(e) => {
+                    let (at, len) = body_range(header, l)?;
+                    e.get(at..at + len).ok_or_else(|| {
+                        Error::Protocol(format!("the pool entry is too short for layer {l}"))
+                    })
+                }
+                // Without an entry the core makes the masks itself from the weights.
+                None => self.weight_blob(header, l),
+            },
+        }
+    }
+
+    fn weight_blob(&self, header: &shadownet_trusted::PublicHeader, l: u32) -> Result<&[u8]> {
+        let layer = header
+            .layers
+            .get(l as usize)
+            .ok_or_else(|| Error::Protocol(format!("no public layer {l}")))?;
+        format::weight_blob(&self.public_bytes[self.weights_at..], layer).map_err(Error::Tee)
+    }
+}
+
+/// Where layer `l`'s correction lies in a pool entry file: after the prefix, the
+/// corrections of the layers before it (8 bytes per public output value).
+fn body_range(header: &shadownet_trusted::PublicHeader, l: u32) -> Result<(usize, usize)> {
+    let sizes: Vec<usize> = header
+        .layers
+        .iter()
+        .map(|pl| pl.output_shape.iter().product::<usize>() * 8)
+        .collect();
+    let l = l as usize;
+    if l >= sizes.len() {
+        return Err(Error::Protocol(format!("no public layer {l}")));
+    }
+    Ok((pool::PREFIX + sizes[..l].iter().sum::<usize>(), sizes[l]))
 }
