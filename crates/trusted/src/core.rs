@@ -259,6 +259,8 @@ struct Session {
     keep_open: Vec<bool>,
     /// The opened chunks kept (chunk index → plaintext).
     opened: BTreeMap<u32, Zeroizing<Vec<u8>>>,
+    /// Buffers of streamed chunks already used, kept for the next ones (see `Run::spare`).
+    spare: Vec<Zeroizing<Vec<u8>>>,
 }
 
 /// The one-time material of a hardened inference.
@@ -289,6 +291,10 @@ struct Run {
     chunks: BTreeMap<ChunkId, Zeroizing<Vec<u8>>>,
     /// A restored output already masked as the input of this outsourced layer (paper).
     forwarded: Option<(u32, Tensor)>,
+    /// Buffers of used chunks, reopened into rather than freed: a freed buffer of secret
+    /// plaintext has to be zeroised, and they are tens of megabytes an inference. They go
+    /// back to the session between inferences and are zeroised when it ends.
+    spare: Vec<Zeroizing<Vec<u8>>>,
 }
 
 struct Precomp {
@@ -745,6 +751,7 @@ impl TrustedCore {
             resident,
             keep_open,
             opened: BTreeMap::new(),
+            spare: Vec::new(),
         })
     }
 
@@ -781,7 +788,7 @@ impl TrustedCore {
 
     fn begin(
         &mut self,
-        s: Box<Session>,
+        mut s: Box<Session>,
         inputs: Vec<Tensor>,
         pool_entry: Option<PoolEntryRef>,
         allow_slow: bool,
@@ -874,6 +881,7 @@ impl TrustedCore {
             onetime,
             chunks: BTreeMap::new(),
             forwarded: None,
+            spare: core::mem::take(&mut s.spare),
         });
         let ids = still_sealed(&s, &s.prefetch_begin);
         if !ids.is_empty() {
@@ -905,7 +913,7 @@ impl TrustedCore {
                         let id = ChunkId::Secret(s.model.kept[i as usize].chunk);
                         let ts: Vec<Tensor> = postcard::from_bytes(chunk(&s, &run, id)?)
                             .map_err(|_| TeeError::CorruptSecret)?;
-                        run.chunks.remove(&id);
+                        release(&mut run, &id);
                         if ts.len() + 1 != node.inputs.len() {
                             return Err(TeeError::CorruptSecret);
                         }
@@ -948,6 +956,8 @@ impl TrustedCore {
                 None => run.vals[o].take().ok_or(TeeError::CorruptSecret)?,
             });
         }
+        let mut s = s;
+        s.spare = core::mem::take(&mut run.spare);
         self.state = State::Ready(s);
         Ok(TeeToHost::Done { outputs })
     }
@@ -1053,7 +1063,7 @@ impl TrustedCore {
                     .iter()
                     .chain(&next_mask_id)
                 {
-                    run.chunks.remove(id);
+                    release(&mut run, id);
                 }
                 restored?
             }
@@ -1338,7 +1348,7 @@ fn prepare(s: &Session, run: &mut Run, layer: u32) -> Result<(Payload, Pending),
             let input = paper::prepare_input(transform, mask.as_deref(), x);
             drop(mask);
             if let Some(f) = fixed {
-                run.chunks.remove(&ChunkId::Secret(f.mask));
+                release(run, &ChunkId::Secret(f.mask));
             }
             Ok((Payload::F32(input), Pending::Paper))
         }
@@ -1409,12 +1419,15 @@ fn store_chunks<'a>(
                 if bytes.len() as u64 != meta.len {
                     return Err(TeeError::BadChunk);
                 }
-                crypto::open_chunk(
+                let mut buf = take_buffer(&mut run.spare, bytes.len());
+                crypto::open_chunk_into(
                     &s.model.chunk_key.0,
                     i as u64,
                     &chunk_aad(&s.model.package_id),
                     bytes,
-                )?
+                    &mut buf,
+                )?;
+                buf
             }
             // Checked against the public header's hash where decoded.
             ChunkId::PublicWeight(_) => Zeroizing::new(bytes.to_vec()),
@@ -1439,6 +1452,35 @@ fn store_chunks<'a>(
         }
     }
     Ok(body)
+}
+
+/// A buffer for a chunk of about `len` bytes from the used ones: the smallest that holds
+/// it, else the largest (grown when filled), else a new one.
+fn take_buffer(spare: &mut Vec<Zeroizing<Vec<u8>>>, len: usize) -> Zeroizing<Vec<u8>> {
+    let fits = spare
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.capacity() >= len)
+        .min_by_key(|(_, b)| b.capacity())
+        .map(|(i, _)| i);
+    let pick = fits.or_else(|| {
+        spare
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i)
+    });
+    match pick {
+        Some(i) => spare.swap_remove(i),
+        None => Zeroizing::new(Vec::new()),
+    }
+}
+
+/// Done with a streamed chunk: its buffer waits for the next one.
+fn release(run: &mut Run, id: &ChunkId) {
+    if let Some(b) = run.chunks.remove(id) {
+        run.spare.push(b);
+    }
 }
 
 /// The chunks of `ids` the core does not hold open: what the host must send.

@@ -158,6 +158,38 @@ pub fn seal_chunk(key: &[u8; 32], index: u64, aad: &[u8], plain: &[u8]) -> Vec<u
         .unwrap_or_default()
 }
 
+/// [`open_chunk`] into `buf` (its old contents overwritten, its capacity reused): the core
+/// opens tens of megabytes of chunks per inference, and freeing each opened chunk meant
+/// zeroising it first (about 6 GB/s, a sixth of the time spent opening). On failure `buf`
+/// holds no plaintext.
+pub fn open_chunk_into(
+    key: &[u8; 32],
+    index: u64,
+    aad: &[u8],
+    sealed: &[u8],
+    buf: &mut Vec<u8>,
+) -> Result<(), TeeError> {
+    use chacha20poly1305::aead::AeadInPlace;
+    let Some(body_len) = sealed.len().checked_sub(TAG_LEN) else {
+        return Err(TeeError::BadChunk);
+    };
+    let (body, tag) = sealed.split_at(body_len);
+    if buf.capacity() < body.len() {
+        // Growing would move the old plaintext and free it as it is.
+        zeroize::Zeroize::zeroize(buf);
+        *buf = Vec::with_capacity(body.len());
+    }
+    // Copied in first: the tag is checked on the core's copy, which is the one decrypted.
+    buf.clear();
+    buf.extend_from_slice(body);
+    ChaCha8Poly1305::new(key.into())
+        .decrypt_in_place_detached((&nonce12(index, 0)).into(), aad, buf, tag.into())
+        .map_err(|_| {
+            buf.clear();
+            TeeError::BadChunk
+        })
+}
+
 /// Opens a chunk sealed by [`seal_chunk`] under the same key, index and associated data.
 pub fn open_chunk(
     key: &[u8; 32],
@@ -302,6 +334,26 @@ mod tests {
         assert!(open_chunk(&key, 3, b"pkh", &s).is_err());
         assert!(open_chunk(&[6u8; 32], 3, b"pkg", &s).is_err());
         assert!(open_chunk(&key, 3, b"pkg", &s[..s.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn chunks_open_into_a_reused_buffer() {
+        let key = [5u8; 32];
+        let big = alloc::vec![7u8; 1000];
+        let mut buf = Vec::new();
+        // Small, then larger (the buffer grows), then small again (its capacity stays).
+        for (i, plain) in [&b"hello"[..], &big, b"hi"].into_iter().enumerate() {
+            let s = seal_chunk(&key, i as u64, b"pkg", plain);
+            open_chunk_into(&key, i as u64, b"pkg", &s, &mut buf).unwrap();
+            assert_eq!(buf.as_slice(), plain);
+        }
+        assert!(buf.capacity() >= 1000);
+        // A tampered chunk is refused and leaves no plaintext behind.
+        let mut s = seal_chunk(&key, 9, b"pkg", b"secret");
+        s[2] ^= 1;
+        assert!(open_chunk_into(&key, 9, b"pkg", &s, &mut buf).is_err());
+        assert!(buf.is_empty());
+        assert!(open_chunk_into(&key, 9, b"pkg", &s[..10], &mut buf).is_err());
     }
 
     #[test]
