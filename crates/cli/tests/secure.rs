@@ -531,6 +531,105 @@ fn chunks_within_the_budget_are_opened_once_the_rest_on_every_inference() {
     }
 }
 
+/// The host's view of what the core asks for: per call, the layer (`u32::MAX` for a
+/// `Chunks` reply) and the lengths of the chunks it had to send.
+type Requests = std::sync::Arc<std::sync::Mutex<Vec<(u32, Vec<usize>)>>>;
+
+struct Recording {
+    inner: InProcEnclave,
+    log: Requests,
+}
+
+impl shadownet_untrusted::Enclave for Recording {
+    fn call(&mut self, msg: HostToTee) -> shadownet_untrusted::Result<TeeToHost> {
+        if let HostToTee::Chunks { chunks } = &msg {
+            let lens = chunks.iter().map(Vec::len).collect();
+            self.log.lock().unwrap().push((u32::MAX, lens));
+        }
+        self.inner.call(msg)
+    }
+
+    fn linear_done(
+        &mut self,
+        layer: u32,
+        output: &Payload,
+        chunks: &[&[u8]],
+    ) -> shadownet_untrusted::Result<TeeToHost> {
+        let lens = chunks.iter().map(|c| c.len()).collect();
+        self.log.lock().unwrap().push((layer, lens));
+        self.inner.linear_done(layer, output, chunks)
+    }
+}
+
+/// An attack on the chunks kept open: the host sees which chunks the core asks for on
+/// every inference. That pattern must follow from the architecture and the budget alone,
+/// never from the weights, the vendor's transform or the input.
+#[test]
+fn which_chunks_the_core_asks_for_depends_on_the_architecture_only() {
+    let (g, xs) = case("resnet44");
+    // Other weights: every constant scaled by its own factor, and another transform seed.
+    let mut other = g.clone();
+    for (i, v) in other.values.iter_mut().enumerate() {
+        if let Some(t) = v.data.as_mut() {
+            let f = 0.5 + (i % 7) as f32 * 0.25;
+            t.data.iter_mut().for_each(|x| *x *= f);
+        }
+    }
+    let mut o2 = opts(Scheme::ShadowNet);
+    o2.insecure_seed = Some(1234);
+    let x2: Vec<Tensor> = xs
+        .iter()
+        .map(|t| Tensor {
+            shape: t.shape.clone(),
+            data: t.data.iter().map(|v| 1.0 - 2.0 * v).collect(),
+        })
+        .collect();
+    let trace = |g: &Graph, o: &shadownet_protect::Options, tag: &str| {
+        let dir = tmpdir(tag);
+        let (dev, pkg, _) = package(&dir, g, o);
+        let f = files(&pkg);
+        let record = std::fs::read(&dev.device_key).unwrap();
+        let log = Requests::default();
+        // 8 MiB: room for some of ResNet-44's 2.5 MB of masks and corrections, not all.
+        let inner =
+            InProcEnclave::new(&record, Box::new(MemoryPlatform::with_budget(8 << 20))).unwrap();
+        let mut sm = SecureModel::from_parts(
+            f.public.clone(),
+            f.sealed.clone(),
+            f.signature.clone(),
+            f.chunks.clone(),
+            Box::new(Recording {
+                inner,
+                log: log.clone(),
+            }),
+            Box::new(CpuAccelerator::new()),
+        )
+        .unwrap();
+        let mut runs = Vec::new();
+        for x in [&xs, &x2, &xs] {
+            sm.infer(x.clone()).unwrap();
+            runs.push(std::mem::take(&mut *log.lock().unwrap()));
+        }
+        runs
+    };
+    let a = trace(&g, &opts(Scheme::ShadowNet), "requests-a");
+    let b = trace(&other, &o2, "requests-b");
+    assert_eq!(
+        a, b,
+        "the request pattern differs between weights or transforms"
+    );
+    // The first inference opens everything; later ones only what is not kept, whatever
+    // the input.
+    let bytes = |run: &Vec<(u32, Vec<usize>)>| -> usize { run.iter().flat_map(|(_, l)| l).sum() };
+    assert!(
+        bytes(&a[1]) > 0 && bytes(&a[1]) < bytes(&a[0]),
+        "{} of {}",
+        bytes(&a[1]),
+        bytes(&a[0])
+    );
+    assert_eq!(a[1], a[2]);
+}
+
 // ---------------------------------------------------------------------------------------
 // The one-time mask pool and its counters.
 
