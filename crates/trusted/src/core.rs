@@ -1056,7 +1056,8 @@ impl TrustedCore {
                     t
                 })
                 .map_err(|_| TeeError::NonFinite { layer });
-                // Streamed chunks are zeroised now; kept-open ones stay for the next run.
+                // Streamed chunks' buffers go back for the next ones to be opened into;
+                // kept-open chunks stay where they are.
                 drop((correction, next_mask));
                 for id in fixed
                     .map(|f| ChunkId::Secret(f.correction))
@@ -1535,7 +1536,7 @@ fn keep_open(
     let mut working = secret_bytes(prefetch_begin);
     for (l, i) in header.layers.iter().zip(info) {
         let numel = |s: &[usize]| format::checked_numel(s).unwrap_or(usize::MAX / 64);
-        // Ring tensors (hardened) take 8 bytes a value, f32 ones 4.
+        // 8 bytes a value: a ring tensor's (hardened); f32 ones take half, a margin.
         let tensors = 8 * (numel(&l.input_shape) + numel(&l.output_shape) + numel(&i.real_shape));
         working = working.max(tensors.saturating_add(secret_bytes(&i.prefetch)));
     }
