@@ -166,20 +166,8 @@ enum Cmd {
     Attack(shadownet::attack::AttackArgs),
 }
 
-/// Keeps freed memory in the heap: every inference allocates and frees the same
-/// multi-megabyte activations, and glibc's defaults (map each block above 128 KiB fresh,
-/// trim the heap top on free) made each of them page-fault in again, run after run.
-fn keep_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt takes two integers and only changes the allocator's thresholds.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
-    }
-}
-
 fn main() -> ExitCode {
-    keep_heap();
+    shadownet_enclave::keep_freed_memory();
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()

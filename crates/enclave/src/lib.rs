@@ -19,3 +19,17 @@ pub mod sandbox;
 pub mod wire;
 
 pub use platform::{FilePlatform, MemoryPlatform};
+
+/// Keeps freed memory in this process's heap instead of handing it back to the OS (as a
+/// TEE's fixed heap does). Every inference allocates and frees the same multi-megabyte
+/// buffers, and glibc's defaults (map each block above 128 KiB fresh, trim the heap top on
+/// free) made them page-fault in again on every run: MobileNet-v1, about 1,600 faults per
+/// inference in the enclave process. Call it before allocating anything large.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes two integers and changes only the allocator's thresholds.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
+}

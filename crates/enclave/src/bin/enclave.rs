@@ -69,22 +69,8 @@ fn stats() -> MemoryStats {
     MemoryStats { live, peak }
 }
 
-/// Keeps freed memory in the heap instead of handing it back to the OS, as a TEE's fixed
-/// heap does. glibc's defaults map every block above 128 KiB fresh and trim the heap top
-/// on free, so each layer's multi-megabyte buffers page-faulted in again on every
-/// inference (MobileNet-v1: about 1,600 faults per inference in this process).
-fn keep_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt takes two integers and changes only the allocator's thresholds,
-    // before this process allocates anything large.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
-    }
-}
-
 fn main() -> ExitCode {
-    keep_heap();
+    shadownet_enclave::keep_freed_memory();
     let mut key: Option<PathBuf> = None;
     let mut sandbox = true;
     let mut selftest = false;
