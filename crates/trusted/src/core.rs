@@ -1477,10 +1477,14 @@ fn take_buffer(spare: &mut Vec<Zeroizing<Vec<u8>>>, len: usize) -> Zeroizing<Vec
     }
 }
 
-/// Done with a streamed chunk: its buffer waits for the next one.
+/// Done with a streamed chunk: its buffer waits for the next one, unless it held less
+/// than half its capacity (the layers got smaller: a big buffer kept for them would only
+/// raise the trusted peak; it is zeroised and freed instead).
 fn release(run: &mut Run, id: &ChunkId) {
     if let Some(b) = run.chunks.remove(id) {
-        run.spare.push(b);
+        if b.len().saturating_mul(2) >= b.capacity() {
+            run.spare.push(b);
+        }
     }
 }
 
