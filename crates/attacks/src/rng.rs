@@ -58,6 +58,14 @@ impl Rng {
         v
     }
 
+    /// [`Rng::normals`] as f32, scaled by `std` (inputs and masks the attacker sends).
+    pub fn normals_f32(&mut self, n: usize, std: f32) -> Vec<f32> {
+        self.normals(n)
+            .into_iter()
+            .map(|x| x as f32 * std)
+            .collect()
+    }
+
     /// A rows×cols matrix of i.i.d. N(0, 1) entries.
     pub fn gaussian(&mut self, rows: usize, cols: usize) -> Mat {
         Mat {

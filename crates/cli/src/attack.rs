@@ -234,39 +234,8 @@ impl Observed {
     }
 }
 
-/// A small seeded generator (splitmix64 + Box–Muller) for the attacker's choices.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x5eed_a77a_c4ed_0001)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    pub fn unit(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    pub fn normals(&mut self, n: usize, std: f32) -> Vec<f32> {
-        let mut v = Vec::with_capacity(n + 1);
-        while v.len() < n {
-            let (u1, u2) = (self.unit(), self.unit());
-            let r = (-2.0 * u1.ln()).sqrt();
-            let t = std::f64::consts::TAU * u2;
-            v.push((r * t.cos()) as f32 * std);
-            v.push((r * t.sin()) as f32 * std);
-        }
-        v.truncate(n);
-        v
-    }
-}
+/// The attacker's seeded generator (the attack crate's).
+pub use shadownet_attacks::Rng;
 
 /// The attacker's view of a running package: `infer` plus the spy's records.
 pub struct SpyOracle {
@@ -450,7 +419,7 @@ pub fn fake_partner(public: &PublicPackage, g: &Graph, seed: u64) -> Result<Fake
         }
         let best = fake_partner::best_cosines(&real, nreal, &rec.filters, rec.count, d);
         let guesses = rec.count.max(1);
-        let noise = rng.normals(guesses * d, 1.0);
+        let noise = rng.normals_f32(guesses * d, 1.0);
         let base = fake_partner::best_cosines(&real, nreal, &noise, guesses, d);
         let (pubf, npub, _) = fake_partner::filters(&l.weight, fake_partner::filter_axis(&l.kind));
         let publ = fake_partner::best_cosines(&real, nreal, &pubf, npub, d);
@@ -613,7 +582,7 @@ pub fn mask_reuse_scored(
         .iter()
         .map(|(_, s)| Tensor {
             shape: s.clone(),
-            data: vr.normals(s.iter().product(), 1.0),
+            data: vr.normals_f32(s.iter().product(), 1.0),
         })
         .collect();
     let out = mask_reuse::attack(public, oracle, &victim, queries, seed)?;

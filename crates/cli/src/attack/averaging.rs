@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use shadownet_attacks::averaging::{pearson, regress_filters, Mean, Region};
 use shadownet_attacks::score::{self, Floor};
-use shadownet_attacks::{Mat, Rng as ARng};
+use shadownet_attacks::Mat;
 use shadownet_ir::{Graph, Tensor};
 use shadownet_trusted::LinearKind;
 
@@ -187,7 +187,7 @@ pub fn recover(
             .iter()
             .map(|(_, s)| Tensor {
                 shape: s.clone(),
-                data: rng.normals(s.iter().product(), 1.0),
+                data: rng.normals_f32(s.iter().product(), 1.0),
             })
             .collect();
         let mut means: Vec<Mean> = vec![Mean::default(); l];
@@ -301,7 +301,7 @@ pub fn regress(
     let out_sp: Vec<Vec<usize>> = (0..l)
         .map(|k| spatial(&yhat[0][k].shape, is_mm(k)))
         .collect();
-    let mut rng = ARng::new(cfg.seed ^ 0x5a3);
+    let mut rng = Rng::new(cfg.seed ^ 0x5a3);
     let mut out = Vec::with_capacity(l);
     for k in 0..l {
         let pl = &public.layers[k];

@@ -113,7 +113,7 @@ pub fn run(
             .iter()
             .map(|(_, s)| Tensor {
                 shape: s.clone(),
-                data: rng.normals(s.iter().product(), 1.0),
+                data: rng.normals_f32(s.iter().product(), 1.0),
             })
             .collect();
         if let Ok(mut t) = target.lock() {

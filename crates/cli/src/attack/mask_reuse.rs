@@ -53,7 +53,7 @@ pub fn probe(shapes: &[Vec<usize>], q: usize, rng: &mut Rng) -> Vec<Tensor> {
             }
             let sigma = [1.0f32, 8.0, 64.0, 512.0][(q / 2) % 4];
             let data = if q % 2 == 1 {
-                rng.normals(n, sigma)
+                rng.normals_f32(n, sigma)
             } else {
                 // Channel axis guess: the smaller of axes 1 and 3 of an image batch.
                 let axis = match shape.len() {
@@ -63,7 +63,7 @@ pub fn probe(shapes: &[Vec<usize>], q: usize, rng: &mut Rng) -> Vec<Tensor> {
                 };
                 let c = shape.get(axis).copied().unwrap_or(1).max(1);
                 let inner: usize = shape[axis + 1..].iter().product();
-                let vals = rng.normals(c, sigma);
+                let vals = rng.normals_f32(c, sigma);
                 (0..n).map(|i| vals[(i / inner.max(1)) % c]).collect()
             };
             Tensor {
