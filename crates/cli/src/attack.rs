@@ -151,6 +151,17 @@ pub struct PublicPackage {
 }
 
 impl PublicPackage {
+    /// Model inputs of the package's shapes, N(0, 1) from `rng`.
+    pub fn random_inputs(&self, rng: &mut Rng) -> Vec<Tensor> {
+        self.inputs
+            .iter()
+            .map(|(_, s)| Tensor {
+                shape: s.clone(),
+                data: rng.normals_f32(s.iter().product(), 1.0),
+            })
+            .collect()
+    }
+
     pub fn from_model(m: &PublicModel) -> Self {
         let layers = m
             .header
@@ -577,14 +588,7 @@ pub fn mask_reuse_scored(
     let nodes = reference_layers(g, public)?;
     // A fresh victim input the attacker never chose as a probe.
     let mut vr = Rng::new(seed ^ 0x71c7_1a00);
-    let victim: Vec<Tensor> = public
-        .inputs
-        .iter()
-        .map(|(_, s)| Tensor {
-            shape: s.clone(),
-            data: vr.normals_f32(s.iter().product(), 1.0),
-        })
-        .collect();
+    let victim = public.random_inputs(&mut vr);
     let out = mask_reuse::attack(public, oracle, &victim, queries, seed)?;
     // Scoring: the plain model's real input of every outsourced node.
     let want: Vec<usize> = nodes.iter().map(|&n| g.nodes[n].inputs[0]).collect();

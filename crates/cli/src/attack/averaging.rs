@@ -182,14 +182,7 @@ pub fn recover(
     let mut plain = vec![true; l];
     let mut inferences = 0;
     for _ in 0..cfg.inputs.max(1) {
-        let xs: Vec<Tensor> = public
-            .inputs
-            .iter()
-            .map(|(_, s)| Tensor {
-                shape: s.clone(),
-                data: rng.normals_f32(s.iter().product(), 1.0),
-            })
-            .collect();
+        let xs = public.random_inputs(&mut rng);
         let mut means: Vec<Mean> = vec![Mean::default(); l];
         let mut first: Vec<Tensor> = Vec::new();
         for t in 0..cfg.runs.max(1) {

@@ -108,14 +108,7 @@ pub fn run(
     let layers = public.layers.len().max(1);
     let (mut accepted, mut changed, mut false_alarms) = (0, 0, 0);
     for r in 0..runs {
-        let xs: Vec<Tensor> = public
-            .inputs
-            .iter()
-            .map(|(_, s)| Tensor {
-                shape: s.clone(),
-                data: rng.normals_f32(s.iter().product(), 1.0),
-            })
-            .collect();
+        let xs = public.random_inputs(&mut rng);
         if let Ok(mut t) = target.lock() {
             *t = None;
         }
