@@ -7,7 +7,9 @@
 //! software prefetches 32 rows ahead into L2: from memory that ran at 18-19 GB/s on one
 //! core against 12-13 GB/s without them (the hardware prefetcher alone, whether W was
 //! read by rows or in column stripes). Threads take contiguous bands of rows and their
-//! partial sums are added in a fixed order. More rows of x go through the packed GEMM.
+//! partial sums are added in a fixed order. The number of bands is fixed too, not the
+//! number of threads free: a busy team runs a layer on one thread, and with bands per
+//! thread the same inference then summed in another order and its bits changed. More rows of x go through the packed GEMM.
 use std::sync::Mutex;
 
 use super::ops::{act_slice, CPtr, EStage, Ptr};
@@ -45,6 +47,10 @@ const AHEAD: usize = 32;
 /// Below this many bytes of W one thread streams it alone.
 const PARALLEL_BYTES: usize = 512 * 1024;
 
+/// Row bands of a large matrix-vector product, whatever the threads: enough for the
+/// machines we run on to share them out evenly.
+const BANDS: usize = 8;
+
 impl PackedDense {
     /// Packs W (k × n, row-major).
     pub fn new(w: &[f32], k: usize, n: usize) -> PackedDense {
@@ -73,7 +79,7 @@ impl PackedDense {
             let bands = if k * ldw * 4 < PARALLEL_BYTES {
                 1
             } else {
-                team_threads().min(k)
+                BANDS.min(k)
             };
             let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
             if scratch.len() < bands * ldw {

@@ -330,3 +330,43 @@ fn reorders_match_the_scalar_loops() {
         assert_eq!(back_slow, x);
     }
 }
+
+#[test]
+fn a_large_dense_layer_gives_the_same_bits_whether_one_thread_or_two_run_it() {
+    use super::dense::PackedDense;
+    use super::ops::{CPtr, Ptr};
+    // MiniVGG's fc1 (4096 × 512): far above the size split over threads. When another
+    // caller held the team, this layer once ran on one thread in a different summation
+    // order, and the same inference came out with other low bits.
+    let (k, n) = (4096, 512);
+    let w = rand(k * n, 7);
+    let d = PackedDense::new(&w, k, n);
+    for m in [1, 3] {
+        let x = rand(m * k, 8);
+        let run = |threads: usize| {
+            let mut y = vec![0f32; m * n];
+            let yp = Ptr(y.as_mut_ptr());
+            let go = || unsafe { d.run(CPtr(x.as_ptr()), m, yp) };
+            if threads > 1 {
+                crate::team::with_team(threads, go);
+            } else {
+                go();
+            }
+            y
+        };
+        let one = run(1);
+        for (i, g) in one.iter().enumerate() {
+            let (r, j) = (i / n, i % n);
+            let want: f64 = (0..k)
+                .map(|t| x[r * k + t] as f64 * w[t * n + j] as f64)
+                .sum();
+            assert!(
+                (*g as f64 - want).abs() <= 1e-3 * (1.0 + want.abs()),
+                "{g} vs {want}"
+            );
+        }
+        for threads in [2, 3] {
+            assert_eq!(run(threads), one, "m {m}, {threads} threads");
+        }
+    }
+}
