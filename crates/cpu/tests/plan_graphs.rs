@@ -103,8 +103,21 @@ fn check(mut b: B, outputs: Vec<ValueId>) -> Vec<String> {
             }
         })
     };
+    // The same kernels give the same bits on one thread or two: how work is split over
+    // threads must not change any sum's order (a busy team runs a plan on one thread).
+    let one = run(1, false);
     for (threads, portable) in [(1, false), (2, false), (1, true)] {
         let got = run(threads, portable);
+        if !portable {
+            for (o, (a, b)) in got.iter().zip(&one).enumerate() {
+                let same = a.data.len() == b.data.len()
+                    && a.data
+                        .iter()
+                        .zip(&b.data)
+                        .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "output {o}: {threads} threads changed the bits");
+            }
+        }
         assert_eq!(got.len(), want.len());
         for (o, (a, w)) in got.iter().zip(&want).enumerate() {
             assert_eq!(a.shape, w.shape, "output {o}");
