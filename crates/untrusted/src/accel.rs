@@ -68,6 +68,9 @@ pub struct CpuAccelerator {
     /// The f32 layers packed once at load for the plain engine's blocked kernels (None
     /// where the packer refuses a layer: those run node by node on `shadownet_cpu::eval`).
     packed: Vec<Option<shadownet_cpu::PackedLayer>>,
+    /// The hardened scheme's integer convs packed once at load too: packing them on every
+    /// call cost about a tenth of a hardened MobileNet-v1 inference.
+    ring_packed: Vec<Option<shadownet_cpu::ring::PackedConv>>,
 }
 
 impl CpuAccelerator {
@@ -116,6 +119,16 @@ impl Accelerator for CpuAccelerator {
                 PublicWeight::I32(_) => None,
             })
             .collect();
+        self.ring_packed = self
+            .layers
+            .iter()
+            .map(|(l, w)| match (&l.kind, w) {
+                (LinearKind::Conv(c), PublicWeight::I32(w)) => {
+                    Some(shadownet_cpu::ring::PackedConv::new(w, c))
+                }
+                _ => None,
+            })
+            .collect();
         Ok(())
     }
 
@@ -145,7 +158,10 @@ impl Accelerator for CpuAccelerator {
             return Err(Error::Accel(format!("layer {layer} has f32 weights")));
         };
         Ok(match &l.kind {
-            LinearKind::Conv(c) => shadownet_cpu::ring::conv2d(input, w, c, &l.output_shape),
+            LinearKind::Conv(c) => match self.ring_packed.get(layer as usize) {
+                Some(Some(p)) => shadownet_cpu::ring::conv2d_packed(input, p, &l.output_shape),
+                _ => shadownet_cpu::ring::conv2d(input, w, c, &l.output_shape),
+            },
             LinearKind::ConvTranspose(c) => {
                 shadownet_kernels::ring::conv_transpose2d(input, w, c, &l.output_shape)
             }
