@@ -302,7 +302,9 @@ fn a_for(p: &Pkg, a: &AttackArgs) -> AttackArgs {
 /// layers' inputs to correlation ≥ 0.95; measured 3 of 6 on MiniVGG, whose BatchNorm after
 /// the ReLU leaves no exact zero to anchor on); on the paper scheme there is nothing to roll back. A lie of +1
 /// in one ring value is never accepted by the hardened core; the paper scheme accepts every
-/// lie and most change the top-1.
+/// lie, and about half or more change the top-1 (12 to 18 of 24 on six freshly converted
+/// MiniVGG packages). The paper package is seeded: how many lies flip the top-1 depends on
+/// its random transform, and six lies on an unseeded package flipped only two once in CI.
 #[test]
 fn rollback_and_liar_both_ways() {
     let p = package("minivgg", Scheme::Hardened, None, "rb");
@@ -319,14 +321,14 @@ fn rollback_and_liar_both_ways() {
     let l = run(&a).liar.unwrap();
     assert_eq!((l.accepted, l.false_alarms), (0, 0), "{l:?}");
 
-    let q = package("minivgg", Scheme::ShadowNet, None, "rbp");
+    let q = package("minivgg", Scheme::ShadowNet, Some(8), "rbp");
     let mut a = args(&q, AttackKind::Rollback);
     assert!(!run(&a).rollback.unwrap().applicable);
     a.kind = AttackKind::Liar;
-    a.runs = 6;
+    a.runs = 24;
     let l = run(&a).liar.unwrap();
-    assert_eq!(l.accepted, 6, "{l:?}");
-    assert!(l.top1_changed >= 3, "{l:?}");
+    assert_eq!(l.accepted, 24, "{l:?}");
+    assert!(l.top1_changed >= 8, "{l:?}");
 }
 
 /// A package sealed to the device by the attacker with the victim's public.bin: refused
