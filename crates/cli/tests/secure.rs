@@ -193,6 +193,11 @@ fn check_no_leaks(name: &str, scheme: Scheme) {
     let nodes: Vec<usize> = c.secret.layers.iter().map(|l| l.node as usize).collect();
     let real_in = plain_inputs(&g, &xs, &nodes);
     let (mut worst_weight, mut worst_input) = (0f64, 0f64);
+    // Hardened: the worst |corr| over its limit. Uniform masks leave a correlation of
+    // about 1/√n over n values, so the limit is 0.1 or five of those, whichever is larger
+    // (MobileNet-v1's classifier input has 1024 values: 0.1 there was 3.2σ, a false alarm
+    // in about one run in 700).
+    let mut worst_over = 0f64;
     for (k, (sl, pl)) in c.secret.layers.iter().zip(&c.header.layers).enumerate() {
         let node = &g.nodes[sl.node as usize];
         let w = g.constant(node.inputs[1]).unwrap();
@@ -252,15 +257,18 @@ fn check_no_leaks(name: &str, scheme: Scheme) {
                 };
                 let high = r.data.iter().filter(|&&v| v >> 63 == 1).count() as f64 / r.len() as f64;
                 if r.len() >= 1000 {
+                    // Five standard deviations of a fair coin's share, at least 0.05.
+                    let tol = (2.5 / (r.len() as f64).sqrt()).max(0.05);
                     assert!(
-                        (high - 0.5).abs() < 0.05,
+                        (high - 0.5).abs() < tol,
                         "{name} L{k}: masked values are not uniform ({high:.3} have the top bit)"
                     );
                 }
                 if measurable && pl.input_shape == real_in[k].shape {
-                    worst_input = worst_input.max(corr(&va, &x).abs());
                     let d: Vec<f64> = va.iter().zip(&vb).map(|(p, q)| p - q).collect();
-                    worst_input = worst_input.max(corr(&d, &x).abs());
+                    let c = corr(&va, &x).abs().max(corr(&d, &x).abs());
+                    worst_input = worst_input.max(c);
+                    worst_over = worst_over.max(c / (5.0 / (x.len() as f64).sqrt()).max(0.1));
                 }
             }
             Scheme::ShadowNet => {
@@ -280,12 +288,12 @@ fn check_no_leaks(name: &str, scheme: Scheme) {
         worst_weight < 0.9,
         "{name}: a public filter resembles a real one (|cos| {worst_weight:.3})"
     );
-    let input_limit = match scheme {
-        Scheme::Hardened => 0.1,
-        Scheme::ShadowNet => 0.8,
+    let resembles = match scheme {
+        Scheme::Hardened => worst_over >= 1.0,
+        Scheme::ShadowNet => worst_input >= 0.8,
     };
     assert!(
-        worst_input < input_limit,
+        !resembles,
         "{name}: a sent input resembles the real activation (|corr| {worst_input:.3})"
     );
 }
