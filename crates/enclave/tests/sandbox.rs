@@ -69,7 +69,16 @@ def attach(pid):
     return r, e
 enc = subprocess.Popen([sys.argv[1], "--key", sys.argv[2]], stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
 ctl = subprocess.Popen(["sleep", "30"])
-time.sleep(0.5)
+# Hardened once its seccomp filter is in (installed after PR_SET_DUMPABLE); a fixed wait
+# raced the enclave's start-up on a loaded machine.
+deadline = time.time() + 20
+while time.time() < deadline:
+    try:
+        if "Seccomp:\t2" in open("/proc/%d/status" % enc.pid).read():
+            break
+    except OSError:
+        pass
+    time.sleep(0.01)
 r_enc, e_enc = attach(enc.pid)
 try:
     open("/proc/%d/mem" % enc.pid, "rb").read(1)
