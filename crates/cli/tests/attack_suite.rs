@@ -172,8 +172,14 @@ fn averaging_finds_nothing_in_ring_masks() {
         "the model input is masked too"
     );
     assert_eq!(r.recovered_corr, 0);
+    // Uncorrelated: |corr| within 0.1 or five standard deviations of a mean over the
+    // inputs of correlations of n independent values (MiniVGG's last layer has 512 values:
+    // 0.1 alone was 3.2σ there, a false alarm in about one run in 700).
+    let limit = |n: usize| (5.0 / ((n * a.inputs) as f64).sqrt()).max(0.1);
     assert!(
-        r.layers.iter().all(|l| l.corr.abs() < 0.1 && !l.fixed_mask),
+        r.layers
+            .iter()
+            .all(|l| l.corr.abs() < limit(l.elements) && !l.fixed_mask),
         "{r:?}"
     );
     assert_eq!(r.dense.recovered, 0, "{:?}", r.dense);
