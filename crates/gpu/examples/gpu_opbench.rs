@@ -1,6 +1,6 @@
 //! Times each shader path on representative layer shapes and prints GFLOP/s (f32) and
 //! GMAC/s (ring) with the upload / compute / download split:
-//! `cargo run --release -p shadownet-gpu --example opbench [runs]`.
+//! `cargo run --release -p shadownet-gpu --example gpu_opbench [runs]`.
 use shadownet_gpu::{GpuAccelerator, LayerSpec, Weights};
 use shadownet_ir::{infer_shapes, Conv, ConvTranspose, IntTensor, RingTensor, Tensor};
 use shadownet_trusted::LinearKind;
