@@ -834,6 +834,125 @@ fn bad_accelerator_replies_are_refused() {
     }
 }
 
+/// Answers one layer, once told to, with the honest answer it gave that layer before: a
+/// device owner replaying a result it saw.
+struct Replay {
+    inner: CpuAccelerator,
+    layer: u32,
+    /// (replay now, the answer kept from the last honest run of `layer`).
+    state: std::sync::Arc<std::sync::Mutex<(bool, Option<Payload>)>>,
+}
+
+impl Replay {
+    fn answer(&self, layer: u32, honest: Payload) -> Payload {
+        let mut st = self.state.lock().unwrap();
+        if layer != self.layer {
+            return honest;
+        }
+        match (st.0, &st.1) {
+            (true, Some(old)) => old.clone(),
+            _ => {
+                st.1 = Some(honest.clone());
+                honest
+            }
+        }
+    }
+}
+
+impl Accelerator for Replay {
+    fn name(&self) -> &str {
+        "replay"
+    }
+    fn load(&mut self, m: &PublicModel) -> shadownet_untrusted::Result<()> {
+        self.inner.load(m)
+    }
+    fn run(&mut self, layer: u32, x: &Tensor) -> shadownet_untrusted::Result<Tensor> {
+        let honest = Payload::F32(self.inner.run(layer, x)?);
+        match self.answer(layer, honest) {
+            Payload::F32(t) => Ok(t),
+            Payload::Ring(_) => unreachable!(),
+        }
+    }
+    fn run_ring(
+        &mut self,
+        layer: u32,
+        x: &shadownet_ir::RingTensor,
+    ) -> shadownet_untrusted::Result<shadownet_ir::RingTensor> {
+        let honest = Payload::Ring(self.inner.run_ring(layer, x)?);
+        match self.answer(layer, honest) {
+            Payload::Ring(t) => Ok(t),
+            Payload::F32(_) => unreachable!(),
+        }
+    }
+}
+
+/// An attack the liar tests did not try: the accelerator replays its own honest answer
+/// from an earlier inference (right in every bit for what it was asked then). The
+/// hardened core masks every inference afresh, from the pool or on the spot, so the old
+/// answer fails the check, for the same input as for another. The paper scheme's masks
+/// are fixed: for the same input the replay is the right answer, for another it is
+/// accepted and the output is wrong.
+#[test]
+fn replayed_accelerator_results_are_refused_by_the_hardened_core() {
+    let (g, xs) = case("minivgg");
+    let other: Vec<Tensor> = xs
+        .iter()
+        .map(|t| Tensor::new(t.shape.clone(), t.data.iter().rev().copied().collect()).unwrap())
+        .collect();
+    let want_other = shadownet_cpu::run_graph(&g, &other).unwrap();
+    let dir = tmpdir("replay");
+    let layer = 2;
+    for scheme in [Scheme::Hardened, Scheme::ShadowNet] {
+        let (dev, pkg, _) = package(&dir.join(scheme.name()), &g, &opts(scheme));
+        let state = std::sync::Arc::new(std::sync::Mutex::new((false, None)));
+        let open = || {
+            let acc = Replay {
+                inner: CpuAccelerator::new(),
+                layer,
+                state: state.clone(),
+            };
+            secure::open(&pkg, &dev.device_key, EnclaveMode::Inproc, Box::new(acc)).unwrap()
+        };
+        let mut sm = open();
+        if scheme == Scheme::Hardened {
+            sm.precompute(4, &mut |_, _| {}).unwrap();
+        }
+        for slow in [false, true] {
+            if slow && scheme == Scheme::ShadowNet {
+                continue;
+            }
+            sm.allow_slow_masks = slow;
+            state.lock().unwrap().0 = false;
+            let honest = sm.infer(xs.clone()).unwrap();
+            state.lock().unwrap().0 = true;
+            for (what, input) in [("same input", &xs), ("another input", &other)] {
+                let got = sm.infer(input.clone());
+                match scheme {
+                    Scheme::Hardened => {
+                        let e = tee(&got.unwrap_err());
+                        assert_eq!(e, TeeError::Integrity { layer }, "{what}, slow {slow}");
+                        // A refusal poisons the core: the host opens the package again.
+                        sm = open();
+                        sm.allow_slow_masks = slow;
+                    }
+                    Scheme::ShadowNet if what == "same input" => {
+                        assert_eq!(got.unwrap(), honest, "{what}");
+                    }
+                    Scheme::ShadowNet => {
+                        let got = got.unwrap();
+                        let err = got[0]
+                            .data
+                            .iter()
+                            .zip(&want_other[0].data)
+                            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                        assert!(err > 1e-3, "the replay went unnoticed yet changed nothing");
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn wrong_state_messages_poison_the_core_and_counts_are_bounded() {
     let (g, xs) = case("minivgg");
