@@ -48,8 +48,13 @@ pub(crate) struct Team {
 }
 
 /// How long an idle worker spins before it sleeps: longer than the gap between two
-/// layers, shorter than a scheduler time slice.
-const IDLE_SPIN: Duration = Duration::from_micros(100);
+/// layers, shorter than a scheduler time slice. The gap includes a round trip to the
+/// enclave process (two pipe wake-ups and the core's pass: 60–100 µs here); at 100 µs the
+/// worker often fell asleep during it and the next layer paid a wake-up (ResNet-404,
+/// shadownet scheme in process mode, 3 alternating runs: accelerator 32.5–35.2 ms at
+/// 100 µs, 22.7–30.7 at 400). The spinning worker yields after 20 µs, so it holds the
+/// core only while nothing else wants it.
+const IDLE_SPIN: Duration = Duration::from_micros(400);
 
 /// How long a thread spins before it starts yielding the CPU between checks: waits
 /// between layers of two running threads are far shorter.
