@@ -9,7 +9,8 @@
 //! read by rows or in column stripes). Threads take contiguous bands of rows and their
 //! partial sums are added in a fixed order. The number of bands is fixed too, not the
 //! number of threads free: a busy team runs a layer on one thread, and with bands per
-//! thread the same inference then summed in another order and its bits changed. More rows of x go through the packed GEMM.
+//! thread the same inference then summed in another order and its bits changed. More
+//! rows of x go through the packed GEMM.
 use std::sync::Mutex;
 
 use super::ops::{act_slice, CPtr, EStage, Ptr};
