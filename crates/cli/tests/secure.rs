@@ -745,11 +745,13 @@ fn no_key_and_nonce_pair_repeats_after_counter_loss() {
 // ---------------------------------------------------------------------------------------
 // The accelerator and the protocol.
 
-/// Lies as told on one layer.
+/// What a liar does to the honest answer of a layer.
+type Lying = Box<dyn FnMut(u32, &mut Payload) + Send>;
+
+/// Alters the answers it gives, as `how` says.
 struct Liar {
     inner: CpuAccelerator,
-    layer: u32,
-    how: fn(&mut Payload),
+    how: Lying,
 }
 
 impl Accelerator for Liar {
@@ -761,9 +763,7 @@ impl Accelerator for Liar {
     }
     fn run(&mut self, layer: u32, x: &Tensor) -> shadownet_untrusted::Result<Tensor> {
         let mut p = Payload::F32(self.inner.run(layer, x)?);
-        if layer == self.layer {
-            (self.how)(&mut p);
-        }
+        (self.how)(layer, &mut p);
         match p {
             Payload::F32(t) => Ok(t),
             Payload::Ring(_) => unreachable!(),
@@ -775,9 +775,7 @@ impl Accelerator for Liar {
         x: &shadownet_ir::RingTensor,
     ) -> shadownet_untrusted::Result<shadownet_ir::RingTensor> {
         let mut p = Payload::Ring(self.inner.run_ring(layer, x)?);
-        if layer == self.layer {
-            (self.how)(&mut p);
-        }
+        (self.how)(layer, &mut p);
         match p {
             Payload::Ring(t) => Ok(t),
             Payload::F32(_) => unreachable!(),
@@ -817,8 +815,11 @@ fn bad_accelerator_replies_are_refused() {
         for (what, how) in cases {
             let liar = Liar {
                 inner: CpuAccelerator::new(),
-                layer: 3,
-                how,
+                how: Box::new(move |layer, p| {
+                    if layer == 3 {
+                        how(p)
+                    }
+                }),
             };
             let mut sm =
                 secure::open(&pkg, &dev.device_key, EnclaveMode::Inproc, Box::new(liar)).unwrap();
@@ -830,58 +831,6 @@ fn bad_accelerator_replies_are_refused() {
                 (Scheme::Hardened, _) => e == TeeError::Integrity { layer: 3 },
             };
             assert!(ok, "{} {what}: {e:?}", scheme.name());
-        }
-    }
-}
-
-/// Answers one layer, once told to, with the honest answer it gave that layer before: a
-/// device owner replaying a result it saw.
-struct Replay {
-    inner: CpuAccelerator,
-    layer: u32,
-    /// (replay now, the answer kept from the last honest run of `layer`).
-    state: std::sync::Arc<std::sync::Mutex<(bool, Option<Payload>)>>,
-}
-
-impl Replay {
-    fn answer(&self, layer: u32, honest: Payload) -> Payload {
-        let mut st = self.state.lock().unwrap();
-        if layer != self.layer {
-            return honest;
-        }
-        match (st.0, &st.1) {
-            (true, Some(old)) => old.clone(),
-            _ => {
-                st.1 = Some(honest.clone());
-                honest
-            }
-        }
-    }
-}
-
-impl Accelerator for Replay {
-    fn name(&self) -> &str {
-        "replay"
-    }
-    fn load(&mut self, m: &PublicModel) -> shadownet_untrusted::Result<()> {
-        self.inner.load(m)
-    }
-    fn run(&mut self, layer: u32, x: &Tensor) -> shadownet_untrusted::Result<Tensor> {
-        let honest = Payload::F32(self.inner.run(layer, x)?);
-        match self.answer(layer, honest) {
-            Payload::F32(t) => Ok(t),
-            Payload::Ring(_) => unreachable!(),
-        }
-    }
-    fn run_ring(
-        &mut self,
-        layer: u32,
-        x: &shadownet_ir::RingTensor,
-    ) -> shadownet_untrusted::Result<shadownet_ir::RingTensor> {
-        let honest = Payload::Ring(self.inner.run_ring(layer, x)?);
-        match self.answer(layer, honest) {
-            Payload::Ring(t) => Ok(t),
-            Payload::F32(_) => unreachable!(),
         }
     }
 }
@@ -904,12 +853,22 @@ fn replayed_accelerator_results_are_refused_by_the_hardened_core() {
     let layer = 2;
     for scheme in [Scheme::Hardened, Scheme::ShadowNet] {
         let (dev, pkg, _) = package(&dir.join(scheme.name()), &g, &opts(scheme));
-        let state = std::sync::Arc::new(std::sync::Mutex::new((false, None)));
+        // (replay now, the answer kept from the last honest run of `layer`).
+        let state = std::sync::Arc::new(std::sync::Mutex::new((false, None::<Payload>)));
         let open = || {
-            let acc = Replay {
+            let state = state.clone();
+            let acc = Liar {
                 inner: CpuAccelerator::new(),
-                layer,
-                state: state.clone(),
+                how: Box::new(move |l, p| {
+                    let mut st = state.lock().unwrap();
+                    if l != layer {
+                        return;
+                    }
+                    match (st.0, &st.1) {
+                        (true, Some(old)) => *p = old.clone(),
+                        _ => st.1 = Some(p.clone()),
+                    }
+                }),
             };
             secure::open(&pkg, &dev.device_key, EnclaveMode::Inproc, Box::new(acc)).unwrap()
         };
